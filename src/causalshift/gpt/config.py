@@ -1,0 +1,122 @@
+"""Model configs: the GPT-2 shape and the residual mode, plus named presets.
+
+`GPTConfig.to_dict()` is what a run directory stores under the top-level "model" key of
+`config.json`; `GPTConfig.from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from causalshift.config import option
+from causalshift.errors import UserError
+
+RESIDUAL_MODES = ("none", "fixed", "gate", "gate-hard", "scalar")
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """How block l scales its residual input: x_next = alpha_l * x + F_l(x)."""
+
+    mode: str = option("none", f"Residual mode: {' | '.join(RESIDUAL_MODES)}.")
+    cut_layer: int | None = option(None, "1-based block whose residual is cut (mode fixed).")
+    alpha: float = option(
+        0.0, "A: residual coefficient at the cut (fixed), or floor of the gate: 1 - p_l (1 - A)."
+    )
+    tau: float = option(1.0, "Gate softmax temperature: p = softmax(theta / tau).")
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIDUAL_MODES:
+            raise UserError(
+                f"unknown residual mode {self.mode!r}; choose one of {', '.join(RESIDUAL_MODES)}"
+            )
+        if not isinstance(self.alpha, (int, float)) or not self.alpha >= 0:
+            raise UserError(f"alpha must be >= 0, got {self.alpha}")
+        if not isinstance(self.tau, (int, float)) or not self.tau > 0:
+            raise UserError(f"tau must be > 0, got {self.tau}")
+        if self.mode == "fixed" and self.cut_layer is None:
+            raise UserError("residual mode 'fixed' needs a cut layer (--cut-layer K)")
+        if self.cut_layer is not None and self.mode != "fixed":
+            # Harmless but surely a mistake on the command line: say so.
+            raise UserError(f"--cut-layer applies to residual mode 'fixed', not {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """GPT-2 shape (nanoGPT field names) and the residual variant."""
+
+    n_layer: int = option(12, "Transformer blocks.")
+    n_head: int = option(12, "Attention heads per block.")
+    n_embd: int = option(768, "Model width d.")
+    block_size: int = option(1024, "Context length (positions).")
+    vocab_size: int = option(50257, "Vocabulary size (GPT-2 BPE: 50257).")
+    dropout: float = option(0.0, "Dropout on embeddings, attention and residual branches.")
+    bias: bool = option(True, "Biases in Linear layers and LayerNorms (GPT-2: true).")
+    residual: ResidualConfig = option(ResidualConfig(), "Residual variant.", cli=False)
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.residual, ResidualConfig):
+            raise UserError(f"residual must be a ResidualConfig, got {type(self.residual)}")
+        k = self.residual.cut_layer
+        if k is not None and not 1 <= k <= self.n_layer:
+            raise UserError(f"cut layer {k} is out of range 1..{self.n_layer}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; `residual` is a nested dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Inverse of `to_dict`; unknown keys are an error (a newer or foreign config)."""
+        if not isinstance(d, dict):
+            raise UserError(f"model config must be a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        res = d.pop("residual", {}) or {}
+        if isinstance(res, ResidualConfig):
+            res = dataclasses.asdict(res)
+        _check_keys(ResidualConfig, res, "residual config")
+        _check_keys(cls, d, "model config")
+        return cls(**d, residual=ResidualConfig(**res))
+
+    def replace(self, **changes: Any) -> GPTConfig:
+        """A copy with fields changed (a `residual=` dict or ResidualConfig is accepted)."""
+        if isinstance(changes.get("residual"), dict):
+            changes["residual"] = ResidualConfig(**changes["residual"])
+        return dataclasses.replace(self, **changes)
+
+
+def _check_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UserError(f"unknown keys in {what}: {', '.join(unknown)}")
+
+
+PRESETS: dict[str, GPTConfig] = {
+    # Tests: a few milliseconds per step.
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64),
+    # The default: a visible loss curve in about 10 minutes on 2 CPU cores.
+    "cpu-small": GPTConfig(n_layer=6, n_head=4, n_embd=256, block_size=256),
+    # The paper's model (GPT-2 small, 124M parameters).
+    "gpt2-124m": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+}
+
+
+def model_preset(name: str) -> GPTConfig:
+    """The GPTConfig named `name` (residual mode `none`)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UserError(
+            f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}"
+        ) from None
