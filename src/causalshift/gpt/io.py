@@ -41,9 +41,7 @@ def _weights_path(path: str | os.PathLike) -> Path:
 def model_state_dict(model: GPT) -> dict[str, Tensor]:
     """Contiguous CPU tensors, tied lm_head left out."""
     return {
-        k: v.detach().to("cpu").contiguous()
-        for k, v in model.state_dict().items()
-        if k != TIED_KEY
+        k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k != TIED_KEY
     }
 
 

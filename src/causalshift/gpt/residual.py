@@ -75,7 +75,8 @@ class Gate(Residual):
         return F.softmax(self.theta / self.tau, dim=-1)
 
     def _alpha(self, p: Tensor) -> Tensor:
-        return 1.0 - p * (1.0 - self.floor)
+        # 1 - p (1 - A), written so that p = 1 gives exactly A and p = 0 exactly 1.
+        return (1.0 - p) + p * self.floor
 
     def expected_coefficients(self) -> Tensor:
         return self._alpha(self.gate_p())
