@@ -76,7 +76,9 @@ def test_forward_loss_and_ignore_index():
     targets = idx.clone()
     targets[:, 6:] = -1
     _, part = m(idx, targets)
-    want = torch.nn.functional.cross_entropy(logits[:, :6].reshape(-1, VOCAB), idx[:, :6].reshape(-1))
+    want = torch.nn.functional.cross_entropy(
+        logits[:, :6].reshape(-1, VOCAB), idx[:, :6].reshape(-1)
+    )
     torch.testing.assert_close(part, want)
 
 

@@ -54,7 +54,8 @@ def test_fixed_alpha_one_equals_none():
 
 
 def test_fixed_cut_changes_output():
-    assert not torch.allclose(logits(same_weights("fixed", cut_layer=3)), logits(same_weights("none")))
+    cut = logits(same_weights("fixed", cut_layer=3))
+    assert not torch.allclose(cut, logits(same_weights("none")))
 
 
 def test_fixed_cut_erases_history():
