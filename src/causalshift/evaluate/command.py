@@ -1,0 +1,245 @@
+"""`causalshift eval`: zero-shot benchmarks through lm-evaluation-harness -> eval.json.
+
+    causalshift eval runs/gate --tasks hellaswag,arc_easy --batch-size 32
+    causalshift eval runs/gate --include-path tests/data/tasks --tasks cs_mc,cs_ppl
+
+Each number in eval.json is labelled by task, metric and filter (lm-eval's scorer), with
+its standard error. Under `torchrun` the documents split across ranks; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from causalshift import __version__
+from causalshift.config import add_config_arguments, config_overrides, option, str_list
+from causalshift.errors import UserError
+from causalshift.io import write_json
+
+PAPER_TASKS = (
+    "hellaswag",
+    "arc_easy",
+    "arc_challenge",
+    "piqa",
+    "winogrande",
+    "lambada_openai",
+    "sciq",
+    "openbookqa",
+)
+TEMPLATE_SUFFIX = ".yaml.in"
+TEMPLATE_DIR_TOKEN = "@TASKS_DIR@"
+
+
+def _limit(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--limit must be > 0, got {text}")
+    return int(value) if value >= 1 else value
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `causalshift eval` runs."""
+
+    tasks: tuple[str, ...] = option(
+        PAPER_TASKS, "Comma-separated lm-eval tasks (the paper's eight).", parse=str_list
+    )
+    include_path: str | None = option(
+        None, "Folder of extra lm-eval task YAMLs (lm-eval's --include_path; *.yaml.in "
+        "templates get @TASKS_DIR@ replaced by the folder's absolute path)."
+    )
+    limit: float | None = option(
+        None, "Documents per task (an integer), or a fraction below 1 (quick checks).",
+        parse=_limit,
+    )
+    num_fewshot: int = option(0, "Few-shot examples (the paper: zero-shot).")
+    batch_size: int = option(16, "Sequences per forward pass.")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N.")
+    dtype: str = option("float32", "float32 | bfloat16 (autocast).")
+    backend: str = option("auto", "auto | gpt (our GPT) | hf (transformers AutoModel).")
+    seed: int = option(1234, "Seed for lm-eval's document shuffling and few-shot sampling.")
+    out: str | None = option(None, "Output folder for eval.json (default: the model folder).")
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise UserError("--tasks is empty")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.num_fewshot < 0:
+            raise UserError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise UserError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.backend not in ("auto", "gpt", "hf"):
+            raise UserError(f"--backend must be auto, gpt or hf, got {self.backend!r}")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise UserError(f"--device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="RUN_DIR|MODEL",
+                        help="a causalshift run directory, an export, or a local HF folder")
+    add_config_arguments(parser, EvalConfig)
+
+
+def render_task_templates(folder: Path, dest: Path) -> Path:
+    """Copy `folder`'s task YAMLs to `dest`, filling `@TASKS_DIR@` in `*.yaml.in` templates.
+
+    lm-eval resolves `data_files` against the working directory, so a task folder that
+    ships its data needs absolute paths: templates let it travel with the repository.
+    """
+    src = folder.resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if path.is_dir():
+            continue
+        if path.name.endswith(TEMPLATE_SUFFIX):
+            text = path.read_text(encoding="utf-8").replace(TEMPLATE_DIR_TOKEN, str(path.parent))
+            target = dest / rel.parent / (path.name[: -len(TEMPLATE_SUFFIX)] + ".yaml")
+        elif path.suffix in (".yaml", ".yml", ".py"):
+            text = path.read_text(encoding="utf-8")
+            target = dest / rel
+        else:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    return dest
+
+
+def _include_path(cfg: EvalConfig, scratch: str) -> str | None:
+    """The folder to hand lm-eval; templates are rendered into `scratch` first."""
+    if cfg.include_path is None:
+        return None
+    folder = Path(cfg.include_path)
+    if not folder.is_dir():
+        raise UserError(f"--include-path {folder} is not a folder")
+    if not any(folder.rglob("*" + TEMPLATE_SUFFIX)):
+        return str(folder.resolve())
+    return str(render_task_templates(folder, Path(scratch) / "tasks"))
+
+
+def model_info(path: Path) -> dict[str, Any]:
+    """What the model folder says about itself (pure JSON reads, no weights)."""
+    from causalshift.report.sources import run_info
+
+    info: dict[str, Any] = {"path": str(path.resolve()), "name": path.resolve().name}
+    cfg_path = path / "config.json"
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cfg = {}
+        info.update(run_info(cfg))
+    return info
+
+
+def flatten_results(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """lm-eval's {"results": {task: {"acc,none": v, "acc_stderr,none": se}}} -> labelled rows."""
+    rows = []
+    groups = set(raw.get("groups", {}))
+    for task, metrics in raw.get("results", {}).items():
+        hib = raw.get("higher_is_better", {}).get(task, {})
+        n = raw.get("n-samples", {}).get(task, {})
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key:
+                continue
+            metric, _, filt = key.partition(",")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            rows.append({
+                "task": task,
+                "metric": metric,
+                "filter": filt,
+                "value": float(value),
+                "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                "higher_is_better": hib.get(metric),
+                "num_samples": n.get("effective"),
+                "is_group": task in groups,
+                "alias": metrics.get("alias", task),
+            })
+    return rows
+
+
+def environment(device: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    env: dict[str, Any] = {"causalshift": __version__, "python": platform.python_version(),
+                           "platform": platform.platform(), "device": device}
+    for pkg in ("torch", "transformers", "lm_eval", "datasets"):
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            env[pkg] = None
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = dataclasses.replace(EvalConfig(), **config_overrides(EvalConfig, args))
+    path = Path(args.model)
+    if not path.is_dir():
+        raise UserError(f"model not found: {path} (expected a run directory or a local HF folder)")
+    out = Path(cfg.out) if cfg.out else path
+    with tempfile.TemporaryDirectory(prefix="causalshift-tasks-") as scratch:
+        return _evaluate(cfg, path, out, _include_path(cfg, scratch))
+
+
+def _evaluate(cfg: EvalConfig, path: Path, out: Path, include_path: str | None) -> int:
+
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path)
+    known = set(manager.all_tasks)
+    unknown = [t for t in cfg.tasks if t not in known]
+    if unknown:
+        raise UserError(f"unknown lm-eval task(s): {', '.join(unknown)}"
+                        " (local tasks need --include-path DIR)")
+
+    import lm_eval
+
+    from causalshift.evaluate.lm_eval_adapter import CausalShiftLM
+
+    lm = CausalShiftLM(path=str(path), device=cfg.device, dtype=cfg.dtype,
+                       batch_size=cfg.batch_size, backend=cfg.backend)
+    start = time.perf_counter()
+    try:
+        raw = lm_eval.simple_evaluate(
+            model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
+            task_manager=manager, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed, log_samples=False,
+        )
+    except (ConnectionError, OSError) as e:
+        raise UserError(f"lm-eval could not load a task's data (offline?): {e}") from e
+    seconds = time.perf_counter() - start
+    if raw is None:  # not rank 0
+        return 0
+    result = {
+        "schema_version": 1,
+        "model": {**model_info(path), "backend": lm.backend_name,
+                  "max_length": lm.max_length},
+        "results": flatten_results(raw),
+        "config": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
+                   "tasks": list(cfg.tasks), "world_size": lm.world_size,
+                   "task_versions": raw.get("versions", {}),
+                   "n_shot": raw.get("n-shot", {})},
+        "environment": environment(str(lm.device)),
+        "seconds": round(seconds, 3),
+    }
+    target = write_json(out / "eval.json", result)
+    _print_table(result["results"])
+    print(f"wrote {target}")
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        se = f" ± {r['stderr']:.4f}" if r["stderr"] is not None else ""
+        print(f"{r['task']:<20} {r['metric']:<16} {r['filter']:<8} {r['value']:.4f}{se}")
