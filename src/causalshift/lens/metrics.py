@@ -1,0 +1,109 @@
+"""Pure tensor functions for the logit lens: no I/O, no model code.
+
+Definitions follow docs/method.md (and the project's design contract). For position i with
+input token t_i and output token t_{i+1}, h is the residual stream at some layer and N the
+model's final norm; every function below takes already-normed states N(h).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def target_ranks(logits: Tensor, targets: Tensor) -> Tensor:
+    """Rank of each target among its row's logits: the number of strictly larger logits.
+
+    logits (N, V), targets (N,) -> (N,) int64. Ties count in the target's favour, so a target
+    that shares the maximum has rank 0. A target is in the top-K when its rank < K.
+    """
+    target_logit = logits.gather(1, targets[:, None])  # (N, 1)
+    return (logits > target_logit).sum(dim=1)
+
+
+def topk_hits(ranks: Tensor, k: int) -> Tensor:
+    """1.0 where the target is among the k largest logits (rank < k), else 0.0. (N,) float."""
+    return (ranks < k).float()
+
+
+def cosine(x: Tensor, y: Tensor, eps: float = 1e-12) -> Tensor:
+    """Row-wise cosine similarity of x (N, d) and y (N, d) -> (N,)."""
+    x = x.float()
+    y = y.float()
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(eps)
+
+
+def projection(h: Tensor, a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    """Normalized projection of h on the a->b axis, all three made unit length first.
+
+    p = <h^ - a^, b^ - a^> / |b^ - a^|^2 : 0 at the input embedding a, 1 at the output
+    embedding b, 0.5 where cos(h, a) == cos(h, b). Rows (N, d) -> (N,). Rows with
+    a^ == b^ give a meaningless value: callers leave out positions with t_i == t_{i+1}.
+    """
+    h, a, b = (torch.nn.functional.normalize(v.float(), dim=-1, eps=eps) for v in (h, a, b))
+    axis = b - a  # (N, d)
+    return ((h - a) * axis).sum(-1) / (axis * axis).sum(-1).clamp_min(eps)
+
+
+def first_position(tokens: Tensor, bos_token_id: int | None) -> int:
+    """s = 1 when every sequence starts with the BOS token, else 0 (positions i = s..T-2)."""
+    if bos_token_id is not None and bool((tokens[:, 0] == bos_token_id).all()):
+        return 1
+    return 0
+
+
+def shift_layers(
+    topk_input: Sequence[float], topk_output: Sequence[float]
+) -> dict[str, int | None]:
+    """The three shift layers from per-layer top-K match rates (index = layer, 0..L).
+
+    input_until: last layer with topK_input >= 0.5.
+    output_from: first layer from which topK_output >= 0.5 * topK_output[L] for every later layer.
+    crossover:   first layer from which topK_output > topK_input for every later layer.
+    Each is None when the condition never holds.
+    """
+    n = len(topk_input)
+    if n != len(topk_output) or n == 0:
+        raise ValueError("topk_input and topk_output must be non-empty and of equal length")
+    input_until = max((i for i in range(n) if topk_input[i] >= 0.5), default=None)
+    half_final = 0.5 * topk_output[-1]
+    output_from = _first_suffix(
+        [topk_output[i] >= half_final and topk_output[-1] > 0 for i in range(n)]
+    )
+    crossover = _first_suffix([topk_output[i] > topk_input[i] for i in range(n)])
+    return {"input_until": input_until, "output_from": output_from, "crossover": crossover}
+
+
+def _first_suffix(flags: Sequence[bool]) -> int | None:
+    """The first index from which every flag is True; None when the last flag is False."""
+    first = None
+    for i in range(len(flags) - 1, -1, -1):
+        if not flags[i]:
+            break
+        first = i
+    return first
+
+
+def mean_ci95(sums: Tensor, counts: Tensor) -> tuple[float, float, float]:
+    """Mean over positions and a 95% interval over sequences (normal approximation).
+
+    sums (S,) and counts (S,) are per-sequence totals. The point estimate is the pooled
+    mean sum(sums)/sum(counts); the interval is mean +- 1.96 * sd(m_s) / sqrt(S) with m_s the
+    per-sequence means of the sequences that have at least one position. With one sequence
+    the interval is the point itself.
+    """
+    sums = sums.double()
+    counts = counts.double()
+    total = float(counts.sum())
+    if total == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(sums.sum()) / total
+    used = counts > 0
+    per_seq = sums[used] / counts[used]
+    if per_seq.numel() < 2:
+        return mean, mean, mean
+    half = 1.96 * float(per_seq.std(unbiased=True)) / math.sqrt(per_seq.numel())
+    return mean, mean - half, mean + half

@@ -1,0 +1,141 @@
+"""Every supported architecture family, as a tiny random model built from a config:
+the lens finds its blocks, final norm and unembedding, and at layer L it reproduces the
+model's own logits."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from causalshift.errors import UserError
+from causalshift.lens import engine
+from causalshift.lens.models import lens_model, load
+
+SMALL = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
+FAMILIES = {
+    "gpt2": dict(vocab_size=97, n_embd=32, n_layer=3, n_head=4, n_positions=64),
+    "llama": dict(SMALL, tie_word_embeddings=True),
+    "mistral": dict(SMALL, tie_word_embeddings=False),
+    "qwen2": dict(SMALL, tie_word_embeddings=False),
+    "qwen3": dict(SMALL, head_dim=8),
+    "gemma2": dict(SMALL, head_dim=8, final_logit_softcapping=30.0, query_pre_attn_scalar=8),
+    "gemma3_text": dict(SMALL, head_dim=8, query_pre_attn_scalar=8, sliding_window=4),
+}
+
+
+def tiny_model(model_type: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, **FAMILIES[model_type])
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # make the final norms non-trivial so a wrong norm would show
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_lens_at_last_layer_equals_model_logits(model_type):
+    model = tiny_model(model_type)
+    lm = lens_model(model, tokenizer=None, name=model_type, source="config")
+    assert lm.num_layers == 3
+    ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(1))
+    states = engine.residual_stream(lm, ids)
+    assert len(states) == 4 and states[0].shape == (2, 11, 32)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits.float()
+    torch.testing.assert_close(lm.decode(states[-1]), expected, atol=1e-4, rtol=1e-4)
+    tied = model.config.get_text_config().tie_word_embeddings
+    assert lm.tied_embeddings == tied
+    assert (lm.unembed.data_ptr() == lm.embed.data_ptr()) == tied
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gemma3_text"])
+def test_layer_zero_is_stream_entering_block_one(model_type):
+    model = tiny_model(model_type)
+    lm = lens_model(model, tokenizer=None, name=model_type, source="config")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    h0 = engine.residual_stream(lm, ids)[0]
+    with torch.no_grad():
+        if model_type == "gpt2":
+            t = model.transformer
+            expected = t.wte(ids) + t.wpe(torch.arange(4))[None]
+        else:  # Gemma scales the embedding by sqrt(d) before block 1
+            expected = model.model.embed_tokens(ids)
+            raw = model.model.embed_tokens.weight[ids]
+            assert torch.allclose(expected, raw * 32**0.5, atol=1e-4)
+    torch.testing.assert_close(h0, expected)
+
+
+def test_fast_lens_matches_float32_reference_on_every_metric():
+    model = tiny_model("llama")
+    lm = lens_model(model, tokenizer=None, name="llama", source="config")
+    tokens = torch.randint(0, 97, (8, 64), generator=torch.Generator().manual_seed(2))
+    ref = engine.run_lens(lm, tokens, compute_dtype=torch.float32, progress=False, batch_size=4)
+    fast = engine.run_lens(
+        lm, tokens, compute_dtype=torch.bfloat16, progress=False, batch_size=3, chunk_rows=100
+    )
+    assert ref.num_positions == 8 * 63
+    for r, f in zip(ref.accumulator.layer_summary(), fast.accumulator.layer_summary()):
+        for name in ref.accumulator.names:
+            assert abs(r[name] - f[name]) <= 0.01, (r["layer"], name)
+
+
+def test_run_lens_counts_by_hand_at_last_layer():
+    """top-1 output match at layer L equals the model's own next-token accuracy."""
+    model = tiny_model("gpt2")
+    lm = lens_model(model, tokenizer=None, name="gpt2", source="config")
+    tokens = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(3))
+    result = engine.run_lens(lm, tokens, compute_dtype=torch.float32, progress=False)
+    with torch.no_grad():
+        logits = model(input_ids=tokens).logits[:, :-1]
+    accuracy = (logits.argmax(-1) == tokens[:, 1:]).float().mean().item()
+    last = result.accumulator.layer_summary()[-1]
+    assert last["top1_output"] == pytest.approx(accuracy)
+    # projection leaves out positions whose input equals its output
+    repeats = int((tokens[:, :-1] == tokens[:, 1:]).sum())
+    assert result.excluded_projection_positions == repeats
+
+
+def test_unknown_architecture_is_named():
+    config = AutoConfig.for_model(
+        "gpt_neox",
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UserError, match="gpt_neox"):
+        lens_model(model, tokenizer=None, name="neox", source="config")
+
+
+def test_load_saved_hf_folder_and_errors(tmp_path):
+    model = tiny_model("qwen2")
+    model.save_pretrained(tmp_path / "qwen")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(
+        models.WordLevel({f"w{i}": i for i in range(97)} | {"[UNK]": 96}, unk_token="[UNK]")
+    )
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(tmp_path / "qwen")
+    lm = load(str(tmp_path / "qwen"))
+    assert lm.architecture == "qwen2" and lm.num_layers == 3
+    with pytest.raises(UserError, match="not found"):
+        load(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no network"):
+        load("nonexistent-org-xyz/nonexistent-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no config.json"):
+        load(str(tmp_path / "empty"))
