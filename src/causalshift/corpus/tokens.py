@@ -5,13 +5,16 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from causalshift.errors import UserError
 
 from .tokenizer import EOT_ID, gpt2_encoding
+
+if TYPE_CHECKING:
+    import torch
 
 
 def adds_bos(tokenizer) -> bool:
@@ -32,6 +35,7 @@ def token_sequences(tokenizer, spec: str, num_seqs: int, seq_len: int, *,
     windows. If the tokenizer adds a BOS token in normal use, each row is [BOS] followed
     by seq_len - 1 stream tokens. Reading stops once enough tokens are collected.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from . import iter_documents
