@@ -53,10 +53,16 @@ class Constant(Residual):
 
     def __init__(self, n_layer: int, cut_layer: int | None = None, alpha: float = 1.0) -> None:
         super().__init__(n_layer)
-        coef = torch.ones(n_layer)
-        if cut_layer is not None:
-            coef[cut_layer - 1] = alpha
-        self.register_buffer("coef", coef, persistent=False)
+        self.cut_layer = cut_layer
+        self.cut_alpha = float(alpha)
+        self.register_buffer("coef", self.default_coefficients(), persistent=False)
+
+    def default_coefficients(self) -> Tensor:
+        """(L,) ones, with A at the cut layer (on CPU)."""
+        coef = torch.ones(self.n_layer, device="cpu")
+        if self.cut_layer is not None:
+            coef[self.cut_layer - 1] = self.cut_alpha
+        return coef
 
     def expected_coefficients(self) -> Tensor:
         return self.coef
