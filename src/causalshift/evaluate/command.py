@@ -126,6 +126,27 @@ def _include_path(cfg: EvalConfig, scratch: str) -> str | None:
     return str(render_task_templates(folder, Path(scratch) / "tasks"))
 
 
+def task_manager(tasks: tuple[str, ...], include_path: str | None):
+    """An lm-eval TaskManager that knows `tasks`; UserError naming any unknown task.
+
+    Indexing lm-eval's ~15k built-in task configs takes 10-20 s: when every task is in
+    `include_path`, the built-ins are left out.
+    """
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(t in set(local.all_tasks) for t in tasks):
+            return local
+    manager = TaskManager(include_path=include_path)
+    known = set(manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise UserError(f"unknown lm-eval task(s): {', '.join(unknown)}"
+                        " (local tasks need --include-path DIR)")
+    return manager
+
+
 def model_info(path: Path) -> dict[str, Any]:
     """What the model folder says about itself (pure JSON reads, no weights)."""
     from causalshift.report.sources import run_info
@@ -185,6 +206,11 @@ def environment(device: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(EvalConfig(), **config_overrides(EvalConfig, args))
     path = Path(args.model)
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {cfg.device}: CUDA is not available here")
     if not path.is_dir():
         raise UserError(f"model not found: {path} (expected a run directory or a local HF folder)")
     out = Path(cfg.out) if cfg.out else path
@@ -194,14 +220,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(cfg: EvalConfig, path: Path, out: Path, include_path: str | None) -> int:
 
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_path=include_path)
-    known = set(manager.all_tasks)
-    unknown = [t for t in cfg.tasks if t not in known]
-    if unknown:
-        raise UserError(f"unknown lm-eval task(s): {', '.join(unknown)}"
-                        " (local tasks need --include-path DIR)")
+    manager = task_manager(cfg.tasks, include_path)
 
     import lm_eval
 

@@ -21,6 +21,7 @@ its one-token prefix (EOT for the first). Data parallel under `torchrun` or
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def _load_tokenizer(path: Path | None):
         (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
     ):
         return AutoTokenizer.from_pretrained(path)
-    from causalshift.corpus.tokenizer import gpt2_tokenizer_dir
+    from causalshift.corpus import gpt2_tokenizer_dir
 
     return AutoTokenizer.from_pretrained(gpt2_tokenizer_dir())
 
@@ -96,13 +97,22 @@ def load_eval_model(path: str, backend: str = "auto") -> tuple[torch.nn.Module, 
 
 
 def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device) from torchrun / accelerate-launch env vars (gloo on CPU)."""
+    """(rank, world_size, device) from torchrun / accelerate-launch env vars (gloo on CPU).
+
+    Like lm-eval's `hf` model: a CUDA device without CUDA falls back to the CPU with a
+    warning (lm-eval's CLI defaults to cuda:0), and under N processes each rank takes
+    cuda:LOCAL_RANK whatever index was asked for.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device in (None, "", "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"device {device} requested but CUDA is not available: using the CPU",
+                      stacklevel=2)
+        dev = torch.device("cpu")
+    if dev.type == "cuda" and (dev.index is None or world > 1):
         dev = torch.device("cuda", local_rank if world > 1 else 0)
     if world <= 1:
         return 0, 1, dev
