@@ -107,7 +107,11 @@ class GateHard(Gate):
         gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step) + 0x6A7E) % 2**62)
         u = torch.rand(self.n_layer, generator=gen, dtype=torch.float64)
         g = -torch.log(-torch.log(u.clamp_min(1e-20)))  # Gumbel(0, 1)
-        self.noise = g.to(device=self.theta.device, dtype=self.theta.dtype)
+        g = g.to(device=self.theta.device, dtype=self.theta.dtype)
+        if self.noise.shape == g.shape:
+            self.noise.copy_(g)  # in place: a compiled model sees the same buffer
+        else:
+            self.noise = g
 
     def sample_cut(self) -> Tensor:
         """(L,) one-hot in the forward pass, soft gradient to theta in the backward pass."""
