@@ -1,0 +1,129 @@
+"""`causalshift train`: train a GPT-2-style model with residual attenuation.
+
+causalshift train                                     # cpu-small on the embedded corpus
+causalshift train --preset tiny --residual gate --max-steps 50
+causalshift train --out runs/x --resume               # continue after a kill
+torchrun --standalone --nproc_per_node=8 -m causalshift train --preset gpt2-124m --data DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from causalshift.config import add_config_arguments, config_overrides
+from causalshift.errors import UserError
+from causalshift.train.config import (
+    PRESET_NAMES,
+    TrainConfig,
+    load_config_file,
+    preset,
+)
+
+DEFAULT_PRESET = "cpu-small"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset", choices=PRESET_NAMES, help=f"Named configuration (default: {DEFAULT_PRESET})."
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="JSON object of training config fields, over the preset."
+    )
+    parser.add_argument(
+        "--out", metavar="RUN_DIR", help="Run directory (default: runs/<time>-<preset>-<mode>)."
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="Continue the run in --out from its checkpoint."
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="No progress bar."
+    )
+    add_config_arguments(parser, TrainConfig)
+
+
+def mode_slug(cfg: TrainConfig) -> str:
+    """Short run-name part for the residual variant, e.g. `fixed-L4-a0`."""
+    if cfg.residual == "fixed":
+        return f"fixed-L{cfg.cut_layer}-a{cfg.alpha:g}"
+    return cfg.residual
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """preset -> --config FILE -> command line (or, with --resume, the run's config.json)."""
+    overrides = config_overrides(TrainConfig, args)
+    overrides.pop("preset", None)  # --preset picks the base config below
+    if "cut_layer" in overrides and "residual" not in overrides:
+        overrides["residual"] = "fixed"
+    if "grad_accum" in overrides and "batch_tokens" not in overrides:
+        overrides["batch_tokens"] = None  # an explicit accumulation wins over the preset's
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        if args.preset or args.config:
+            raise UserError(
+                "--preset/--config do not combine with --resume: the run's config is used"
+            )
+        path = Path(args.out) / "config.json"
+        if not path.is_file():
+            raise UserError(f"nothing to resume: {path} not found")
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is corrupt: {e}") from None
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        base = TrainConfig.from_dict({k: v for k, v in saved.items() if k in names})
+    else:
+        base = preset(args.preset or DEFAULT_PRESET)
+        if args.config:
+            base = TrainConfig.from_dict(load_config_file(args.config), base)
+    return TrainConfig.from_dict(overrides, base)
+
+
+def run(args: argparse.Namespace) -> int:
+    from causalshift.train import distributed as D
+    from causalshift.train.checkpoint import STATE_NAME
+    from causalshift.train.loop import Trainer
+    from causalshift.train.prepare import resolve_data
+
+    cfg = resolve_config(args)
+    info = D.setup(cfg.device)
+    try:
+        cfg.grad_accum_for(info.world_size)  # batch divisibility, before any work
+        out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{mode_slug(cfg)}"
+        run_dir = Path(D.broadcast_object(out))
+        if not args.resume and (
+            (run_dir / STATE_NAME).exists() or (run_dir / "config.json").exists()
+        ):
+            raise UserError(
+                f"{run_dir} already holds a run: pass --resume to continue it, "
+                "or choose another --out"
+            )
+        if info.is_main:
+            data_dir = resolve_data(cfg.data, progress=args.progress)
+        D.barrier()
+        if not info.is_main:
+            data_dir = resolve_data(cfg.data, progress=False)
+        trainer = Trainer(cfg, run_dir, data_dir, info, resume=args.resume, progress=args.progress)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            trainer.write_config()
+            n = trainer.model.num_params()
+            print(
+                f"{'resuming' if args.resume else 'training'} {run_dir} at step {trainer.step}: "
+                f"{cfg.preset}, residual {mode_slug(cfg)}, {n / 1e6:.1f}M params, "
+                f"{trainer.global_batch} x {cfg.block_size} = {trainer.step_tokens:,} tokens/step "
+                f"({cfg.batch_size} x {trainer.accum} accum x {info.world_size} procs), "
+                f"{cfg.max_steps} steps, {info.device}, "
+                f"{'bf16 autocast' if trainer.amp else 'float32'}"
+                f"{', compiled' if cfg.compile else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return trainer.run()
+    finally:
+        D.teardown()

@@ -1,0 +1,284 @@
+"""`causalshift prepare`: text -> GPT-2 BPE uint16 token shards with a train/val split.
+
+Streaming: documents are read, tokenized in batches (tiktoken's `encode_ordinary_batch`,
+multi-threaded, while a reader thread fetches the next batch) and appended to shard files,
+so a corpus larger than memory works. Each document is preceded by <|endoftext|> (the
+GPT-2 / llm.c convention). The validation split takes whole documents, spread through the
+stream: a document goes to val while val holds less than `val_fraction` of the tokens seen
+so far, until val has `val_tokens` tokens (the last val document is cut there, the rest goes
+to train). Everything is written to a temporary folder that is renamed to DATA_DIR at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from causalshift.config import add_config_arguments, config_overrides, option
+from causalshift.errors import UserError
+from causalshift.io import write_json
+from causalshift.train.data import DTYPE, FORMAT, META_NAME, read_meta
+
+EMBEDDED_SPECS = ("books", "wiki")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    data: str = option(
+        "books", "Data SPEC: books | wiki | a .txt/.jsonl/.parquet path | hf:NAME[:CONFIG[:SPLIT]]."
+    )
+    val_tokens: int = option(10_485_760, "At most this many tokens go to the validation split.")
+    val_fraction: float = option(
+        0.05, "Share of the stream that goes to validation until val_tokens is reached."
+    )
+    shard_tokens: int = option(100_000_000, "Tokens per shard file (200 MB at 100M).")
+    threads: int = option(0, "Tokenizer threads (0: all CPU cores).")
+    batch_docs: int = option(512, "Documents per tokenizer batch.", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.val_tokens < 1:
+            raise UserError(f"val_tokens must be positive, got {self.val_tokens}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.shard_tokens < 1 or self.threads < 0 or self.batch_docs < 1:
+            raise UserError("shard_tokens and batch_docs must be positive, threads >= 0")
+
+
+class ShardWriter:
+    """Appends uint16 tokens to `{split}_{i:06d}.bin` files of at most `shard_tokens`."""
+
+    def __init__(self, folder: Path, split: str, shard_tokens: int) -> None:
+        self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self._file = None
+        self.num_tokens = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            if self._file is None or self.shards[-1]["num_tokens"] >= self.shard_tokens:
+                self._open()
+            room = self.shard_tokens - self.shards[-1]["num_tokens"]
+            part, tokens = tokens[:room], tokens[room:]
+            self._file.write(part.astype(DTYPE, copy=False).tobytes())
+            self.shards[-1]["num_tokens"] += len(part)
+            self.num_tokens += len(part)
+
+    def _open(self) -> None:
+        self.close()
+        name = f"{self.split}_{len(self.shards):06d}.bin"
+        self._file = open(self.folder / name, "wb")
+        self.shards.append({"file": name, "num_tokens": 0})
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"num_tokens": self.num_tokens, "shards": self.shards}
+
+
+def _prefetch(batches: Iterable[list[str]], depth: int = 4) -> Iterator[list[str]]:
+    """Iterate `batches` in a background thread (reading overlaps tokenizing)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                q.put(b)
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _batched(docs: Iterable[str], n: int) -> Iterator[list[str]]:
+    it = iter(docs)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
+def prepare(
+    cfg: PrepareConfig, out: str | os.PathLike, force: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Tokenize `cfg.data` into shards under `out`; returns the meta dict."""
+    from tqdm.auto import tqdm
+
+    from causalshift.corpus import gpt2_encoding, iter_documents
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        prepared = (out / META_NAME).is_file()
+        if not prepared or not force:
+            hint = " (a prepared data dir: pass --force to redo it)" if prepared else ""
+            raise UserError(f"{out} already exists and is not empty{hint}")
+    enc = gpt2_encoding()
+    eot = enc.eot_token
+    threads = cfg.threads or os.cpu_count() or 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        train = ShardWriter(tmp, "train", cfg.shard_tokens)
+        val = ShardWriter(tmp, "val", cfg.shard_tokens)
+        num_docs, seen, t0 = 0, 0, time.perf_counter()
+        bar = tqdm(desc=f"prepare {cfg.data}", unit="tok", unit_scale=True, disable=not progress)
+        for docs in _prefetch(_batched(iter_documents(cfg.data), cfg.batch_docs)):
+            encoded = enc.encode_ordinary_batch(docs, num_threads=threads)
+            to_train: list[list[int]] = []
+            for toks in encoded:
+                if not toks:
+                    continue
+                n = len(toks) + 1
+                seen += n
+                room = cfg.val_tokens - val.num_tokens
+                if room > 0 and val.num_tokens < cfg.val_fraction * seen:
+                    doc = np.array([eot, *toks], dtype=DTYPE)
+                    val.write(doc[:room])
+                    if n > room:  # the val split is full: the rest of this document trains
+                        to_train.append([eot, *toks[room - 1 :]])
+                else:
+                    to_train.append([eot, *toks])
+                num_docs += 1
+            if to_train:
+                count = sum(map(len, to_train))
+                flat = itertools.chain.from_iterable(to_train)
+                train.write(np.fromiter(flat, dtype=DTYPE, count=count))
+            bar.update(sum(len(t) + 1 for t in encoded if t))
+        bar.close()
+        train.close()
+        val.close()
+        if train.num_tokens == 0:
+            raise UserError(f"no text found in {cfg.data!r}")
+        seconds = time.perf_counter() - t0
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "dtype": "uint16",
+            "tokenizer": "gpt2",
+            "vocab_size": enc.n_vocab,
+            "eot": eot,
+            "source": cfg.data,
+            "num_documents": num_docs,
+            "splits": {"train": train.summary(), "val": val.summary()},
+            "config": dataclasses.asdict(cfg),
+            "seconds": round(seconds, 3),
+            "tokens_per_second": round(seen / max(seconds, 1e-9)),
+        }
+        write_json(tmp / META_NAME, meta)
+        if out.exists():
+            if force and (out / META_NAME).is_file():
+                shutil.rmtree(out)
+            else:
+                out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def cache_name(spec: str) -> str:
+    """Folder name under cache_dir("data") for a data SPEC."""
+    if spec in EMBEDDED_SPECS:
+        return spec
+    path = Path(spec)
+    if path.is_file():
+        st = path.stat()
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        stem = path.stem
+    else:
+        key, stem = spec, spec
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")[:40] or "data"
+    return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def is_data_spec(value: str) -> bool:
+    """True if `value` names text to prepare rather than a prepared data dir."""
+    if value in EMBEDDED_SPECS or value.startswith("hf:") or value == "wikitext":
+        return True
+    return Path(value).suffix.lower() in (".txt", ".jsonl", ".parquet") and not Path(value).is_dir()
+
+
+def resolve_data(value: str, progress: bool = True) -> Path:
+    """A prepared data dir for `value`: the dir itself, or a SPEC prepared into the cache."""
+    from causalshift.cache import cache_dir
+
+    if not value:
+        raise UserError("no training data given: pass --data DATA_DIR (see `causalshift prepare`)")
+    if not is_data_spec(value):
+        read_meta(value)  # clear error if missing or not prepared
+        return Path(value)
+    out = cache_dir("data") / cache_name(value)
+    if not (out / META_NAME).is_file():
+        if progress:
+            print(f"preparing {value!r} into {out} (first use)", flush=True)
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        prepare(PrepareConfig(data=value, val_tokens=262_144), out, progress=progress)
+    read_meta(out)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, PrepareConfig)
+    parser.add_argument("--out", required=True, metavar="DATA_DIR", help="Output folder.")
+    parser.add_argument(
+        "--force", action="store_true", help="Replace an existing prepared data dir."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = dataclasses.replace(PrepareConfig(), **config_overrides(PrepareConfig, args))
+    meta = prepare(cfg, args.out, force=args.force)
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
+    print(
+        f"wrote {args.out}: {tr['num_tokens']:,} train tokens in {len(tr['shards'])} shard(s), "
+        f"{va['num_tokens']:,} val tokens, {meta['num_documents']:,} documents, "
+        f"{meta['tokens_per_second']:,.0f} tok/s"
+    )
+    return 0
+
+
+def write_token_dir(
+    out: str | os.PathLike, train: np.ndarray, val: np.ndarray, source: str = "tokens"
+) -> Path:
+    """A data dir from token arrays already in memory (tests, synthetic data)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for name, tokens in (("train", train), ("val", val)):
+        writer = ShardWriter(out, name, max(len(tokens), 1))
+        writer.write(np.asarray(tokens))
+        writer.close()
+        splits[name] = writer.summary()
+    meta = {"format": FORMAT, "version": 1, "dtype": "uint16", "tokenizer": "gpt2",
+            "vocab_size": 50257, "eot": 50256, "source": source, "splits": splits}  # fmt: skip
+    write_json(out / META_NAME, meta)
+    return out
