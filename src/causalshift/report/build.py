@@ -246,7 +246,8 @@ def section_sweep(doc: Document, src: Sources, out: Path) -> None:
 
 
 def section_gates(doc: Document, src: Sources, out: Path) -> None:
-    runs = [r for r in src.runs if r.gate_history]
+    runs = sorted((r for r in src.runs if r.gate_history),
+                  key=lambda r: (_mode_order(mode_label(r.info)), r.path.name))
     if not runs or not figures.plot_gates(runs, out / "gate_p.png"):
         return
     doc.heading("Where the gate learns to cut")
@@ -340,6 +341,10 @@ def section_environment(doc: Document, src: Sources) -> None:
 
     rows.append(["this report", f"causalshift {__version__}, python {platform.python_version()}, "
                  f"matplotlib {v('matplotlib')}, {platform.platform()}"])
+    merged: dict[str, list[str]] = {}
+    for source, env in rows:  # identical environments share one row
+        merged.setdefault(env, []).append(source)
+    rows = [["; ".join(sources), env] for env, sources in merged.items()]
     doc.table(["source", "environment"], rows)
 
 
