@@ -186,3 +186,23 @@ def test_lm_eval_cli_route(models, task_dir, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = list((tmp_path / "out").rglob("results_*.json"))
     assert results and "cs_mc" in json.loads(results[0].read_text())["results"]
+
+
+@pytest.mark.slow
+def test_eval_data_parallel_matches_single_process(models, tmp_path) -> None:
+    """torchrun, 2 CPU processes (gloo): documents split by rank, same numbers, rank 0 writes."""
+    run, _ = models
+    args = ["eval", str(run), "--include-path", str(TASKS), "--tasks", "cs_mc,cs_ppl"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "causalshift", *args,
+           "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    two = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert two["config"]["world_size"] == 2
+    for a, b in zip(one["results"], two["results"], strict=True):
+        assert (a["task"], a["metric"]) == (b["task"], b["metric"])
+        assert a["value"] == pytest.approx(b["value"], rel=1e-6)
+        assert a["num_samples"] == b["num_samples"]
