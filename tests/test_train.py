@@ -19,7 +19,7 @@ from causalshift.train.prepare import write_token_dir
 
 # Small and quick: tiny preset, short sequences, float32, eager.
 FAST = ["--preset", "tiny", "--batch-size", "4", "--block-size", "32", "--eval-iters", "1",
-        "--no-compile", "--dtype", "float32", "--no-progress"]  # fmt: skip
+        "--no-compile", "--threads", "1", "--dtype", "float32", "--no-progress"]  # fmt: skip
 
 
 def markov_tokens(n: int, seed: int = 0) -> np.ndarray:

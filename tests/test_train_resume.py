@@ -30,6 +30,8 @@ ARGS = [
     "--eval-iters",
     "1",
     "--no-compile",
+    "--threads",
+    "1",
     "--dtype",
     "float32",
     "--no-progress",

@@ -85,12 +85,17 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from causalshift.train import distributed as D
     from causalshift.train.checkpoint import STATE_NAME
     from causalshift.train.loop import Trainer
     from causalshift.train.prepare import resolve_data
 
     cfg = resolve_config(args)
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     info = D.setup(cfg.device)
     try:
         cfg.grad_accum_for(info.world_size)  # batch divisibility, before any work
@@ -127,3 +132,4 @@ def run(args: argparse.Namespace) -> int:
         return trainer.run()
     finally:
         D.teardown()
+        torch.set_num_threads(threads)

@@ -80,6 +80,7 @@ class TrainConfig:
         "auto | float32 | bfloat16 (auto: bf16 autocast on CUDA with bf16 and on CPUs with "
         "AVX512-BF16/AMX, else float32).",
     )
+    threads: int = option(0, "torch CPU threads per process (0: torch's default).")
     device: str = option("auto", "auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK).")
     tensorboard: bool = option(False, "Also log to RUN_DIR/tensorboard (needs `tensorboard`).")
 
@@ -94,6 +95,8 @@ class TrainConfig:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise UserError(f"batch_tokens must be positive, got {self.batch_tokens}")
+        if self.threads < 0:
+            raise UserError(f"threads must be >= 0, got {self.threads}")
         if self.warmup_steps < 0:
             raise UserError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.lr > 0 or (self.gate_lr is not None and not self.gate_lr >= 0):

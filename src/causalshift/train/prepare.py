@@ -33,8 +33,6 @@ from causalshift.errors import UserError
 from causalshift.io import write_json
 from causalshift.train.data import DTYPE, FORMAT, META_NAME, read_meta
 
-EMBEDDED_SPECS = ("books", "wiki")
-
 
 @dataclass(frozen=True)
 class PrepareConfig:
@@ -206,6 +204,8 @@ def prepare(
 
 def cache_name(spec: str) -> str:
     """Folder name under cache_dir("data") for a data SPEC."""
+    from causalshift.corpus import EMBEDDED_SPECS
+
     if spec in EMBEDDED_SPECS:
         return spec
     path = Path(spec)
@@ -221,6 +221,8 @@ def cache_name(spec: str) -> str:
 
 def is_data_spec(value: str) -> bool:
     """True if `value` names text to prepare rather than a prepared data dir."""
+    from causalshift.corpus import EMBEDDED_SPECS
+
     if value in EMBEDDED_SPECS or value.startswith("hf:") or value == "wikitext":
         return True
     return Path(value).suffix.lower() in (".txt", ".jsonl", ".parquet") and not Path(value).is_dir()

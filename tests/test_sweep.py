@@ -1,0 +1,69 @@
+"""`causalshift sweep`: baseline + fixed cuts, sweep.json, figure 4, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from causalshift.cli import main
+from causalshift.train.figures import plot_sweep, sweep_summary
+from causalshift.train.prepare import write_token_dir
+
+TRAIN_ARGS = (
+    "--batch-size 2 --block-size 16 --eval-iters 1 --no-compile --dtype float32 --threads 1 "
+    "--no-progress"
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    x = np.random.default_rng(0).integers(0, 1000, 6_000)
+    return write_token_dir(tmp_path_factory.mktemp("data"), x[:5_000], x[5_000:])
+
+
+def test_sweep_tiny_two_layers(data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--preset", "tiny", "--layers", "1,2", "--out", str(out), "--max-steps", "2",
+            "--data", str(data_dir), "--train-args", TRAIN_ARGS]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [(r["mode"], r["cut_layer"]) for r in doc["runs"]] == [
+        ("none", None),
+        ("fixed", 1),
+        ("fixed", 2),
+    ]
+    assert all(r["status"] == "finished" and r["final_val_loss"] > 0 for r in doc["runs"])
+    assert doc["baseline"]["n"] == 1 and [r["cut_layer"] for r in doc["by_layer"]] == [1, 2]
+    assert (out / "val_loss_vs_cut_layer.png").stat().st_size > 1000
+    cfg = json.loads((out / "fixed-L2-a0-s1" / "config.json").read_text())
+    assert cfg["model"]["residual"] == {"mode": "fixed", "cut_layer": 2, "alpha": 0.0, "tau": 1.0}
+    capsys.readouterr()
+    assert main(argv) == 0  # everything finished: nothing reruns
+    assert "3 runs (3 already finished)" in capsys.readouterr().out
+
+
+def test_sweep_bad_input(tmp_path: Path, capsys) -> None:
+    assert main(["sweep", "--preset", "tiny", "--layers", "5", "--out", str(tmp_path)]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["sweep", "--preset", "tiny", "--alpha", "-1", "--out", str(tmp_path)]) == 2
+    assert main(["sweep", "--preset", "tiny", "--devices", "tpu", "--out", str(tmp_path),
+                 "--data", str(tmp_path)]) == 2  # fmt: skip
+
+
+def test_sweep_figure_statistics(tmp_path: Path) -> None:
+    runs = [
+        {"mode": "none", "cut_layer": None, "final_val_loss": 3.0},
+        {"mode": "none", "cut_layer": None, "final_val_loss": 3.2},
+        {"mode": "fixed", "cut_layer": 2, "final_val_loss": 3.5},
+        {"mode": "fixed", "cut_layer": 2, "final_val_loss": 3.9},
+        {"mode": "fixed", "cut_layer": 1, "final_val_loss": None},  # failed run: left out
+    ]
+    s = sweep_summary(runs)
+    assert s["baseline"]["mean"] == pytest.approx(3.1) and s["baseline"]["n"] == 2
+    (layer2,) = s["by_layer"]
+    assert (layer2["cut_layer"], layer2["min"], layer2["max"]) == (2, 3.5, 3.9)
+    assert layer2["mean"] == pytest.approx(3.7) and layer2["std"] == pytest.approx(0.2828, 1e-3)
+    assert plot_sweep({"preset": "tiny", "alpha": 0.0, **s}, tmp_path / "f.png").is_file()
