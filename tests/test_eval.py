@@ -8,7 +8,6 @@ log-likelihoods as lm-eval's own `hf` model on the same weights exported as a st
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,31 +25,26 @@ BLOCK = 32  # shorter than the longest cs_ppl document: rolling windows get exer
 
 
 def _make_models(root: Path) -> tuple[Path, Path]:
-    """A tiny random baseline GPT as a run dir, and the same weights as a GPT2LMHeadModel."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from causalshift.corpus import gpt2_tokenizer_dir
+    """A tiny random baseline GPT as a run dir, and its `causalshift export` (GPT2LMHeadModel)."""
     from causalshift.gpt.config import GPTConfig
-    from causalshift.gpt.io import model_state_dict, save_model, state_to_hf_gpt2
+    from causalshift.gpt.io import save_model
     from causalshift.gpt.model import GPT
 
     torch.manual_seed(0)
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK)
     model = GPT(cfg)
+    with torch.no_grad():  # random biases and LayerNorm affines: nothing left at its init
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
     run = root / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"seed": 7, "model": cfg.to_dict()}))
     save_model(model, run)
-
     hf = root / "hf"
-    hf_model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=BLOCK,
-                                          vocab_size=cfg.vocab_size, tie_word_embeddings=True))
-    result = hf_model.load_state_dict(state_to_hf_gpt2(model_state_dict(model)), strict=False)
-    assert set(result.missing_keys) <= {"lm_head.weight"} and not result.unexpected_keys
-    hf_model.save_pretrained(hf)
-    for f in gpt2_tokenizer_dir().iterdir():
-        if f.is_file():
-            shutil.copy(f, hf / f.name)
+    assert main(["export", str(run), "--out", str(hf)]) == 0
+    hf_cfg = json.loads((hf / "config.json").read_text())
+    assert hf_cfg["model_type"] == "gpt2" and (hf / "vocab.json").is_file()
     return run, hf
 
 
@@ -64,13 +58,14 @@ def task_dir(tmp_path_factory) -> Path:
     return render_task_templates(TASKS, tmp_path_factory.mktemp("tasks"))
 
 
-def _scores(model: str, model_args: str, task_dir: Path) -> dict[str, list[float]]:
+def _scores(model: str, model_args: str, task_dir: Path,
+            tasks: list[str] | None = None) -> dict[str, list[float]]:
     from lm_eval.tasks import TaskManager
 
     import causalshift.evaluate.lm_eval_adapter  # noqa: F401  (registers "causalshift")
 
     out = lm_eval.simple_evaluate(
-        model=model, model_args=model_args, tasks=["cs_mc", "cs_qa", "cs_ppl"],
+        model=model, model_args=model_args, tasks=tasks or ["cs_mc", "cs_qa", "cs_ppl"],
         task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
         log_samples=True,
         batch_size=4, device="cpu",
@@ -206,3 +201,26 @@ def test_eval_data_parallel_matches_single_process(models, tmp_path) -> None:
         assert (a["task"], a["metric"]) == (b["task"], b["metric"])
         assert a["value"] == pytest.approx(b["value"], rel=1e-6)
         assert a["num_samples"] == b["num_samples"]
+
+
+def test_gate_run_scores_equal_its_export_under_lm_eval_hf(task_dir, tmp_path) -> None:
+    """A non-baseline mode: our adapter on a gate run == lm-eval's `hf` on its export."""
+    from causalshift.gpt.config import GPTConfig, ResidualConfig
+    from causalshift.gpt.io import save_model
+    from causalshift.gpt.model import GPT
+
+    torch.manual_seed(1)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK,
+                    residual=ResidualConfig(mode="gate"))
+    model = GPT(cfg)
+    with torch.no_grad():
+        model.residual.theta.copy_(torch.tensor([2.0, -1.0]))  # p far from uniform
+    run = tmp_path / "gate"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
+    save_model(model, run)
+    assert main(["export", str(run), "--out", str(tmp_path / "gate_hf")]) == 0
+    ref = _scores("hf", f"pretrained={tmp_path / 'gate_hf'}", task_dir, tasks=["cs_mc"])
+    ours = _scores("causalshift", f"path={run}", task_dir, tasks=["cs_mc"])
+    diff = max(abs(a - b) for a, b in zip(ours["cs_mc"], ref["cs_mc"], strict=True))
+    assert len(ref["cs_mc"]) == 48 and diff < 1e-4
