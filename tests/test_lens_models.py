@@ -81,7 +81,7 @@ def test_fast_lens_matches_float32_reference_on_every_metric():
     tokens = torch.randint(0, 97, (8, 64), generator=torch.Generator().manual_seed(2))
     ref = engine.run_lens(lm, tokens, compute_dtype=torch.float32, progress=False, batch_size=4)
     fast = engine.run_lens(
-        lm, tokens, compute_dtype=torch.bfloat16, progress=False, batch_size=3, chunk_rows=100
+        lm, tokens, compute_dtype=torch.bfloat16, progress=False, batch_size=3, vocab_chunk=40
     )
     assert ref.num_positions == 8 * 63
     for r, f in zip(ref.accumulator.layer_summary(), fast.accumulator.layer_summary()):
@@ -139,3 +139,38 @@ def test_load_saved_hf_folder_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):
         load(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_ranks_equals_reference_definition(with_bias, dtype):
+    """The chunked, pruned rank count equals metrics.target_ranks on full logits (capped at
+    max_rank), ties included; integer-valued logits are exact in bf16 too."""
+    from types import SimpleNamespace
+
+    from causalshift.lens.engine import LensWeights, decode_ranks
+    from causalshift.lens.metrics import target_ranks
+
+    g = torch.Generator().manual_seed(4)
+    unembed = torch.randint(-3, 4, (300, 8), generator=g).float()  # integer logits: many ties
+    bias = torch.randint(-2, 3, (300,), generator=g).float() if with_bias else None
+    h = torch.randint(-2, 3, (64, 8), generator=g).float()
+    h[:8] = unembed[:8] * 3  # rows whose input target is the clear maximum
+    targets = (torch.arange(64) % 300, torch.randint(0, 300, (64,), generator=g))
+    lm = SimpleNamespace(unembed=unembed, embed=unembed, tied_embeddings=True, unembed_bias=bias)
+    weights = LensWeights.prepare(lm, dtype)
+    logits = h @ unembed.T + (0 if bias is None else bias)
+    for max_rank in (1, 5, 300):
+        got = decode_ranks(h, weights, targets, vocab_chunk=64, max_rank=max_rank)
+        for g_, t in zip(got, targets):
+            assert torch.equal(g_, target_ranks(logits, t).clamp(max=max_rank))
+
+
+def test_round_down_keeps_comparisons_exact():
+    from causalshift.lens.engine import round_down
+
+    x = torch.randn(1000) * 10
+    z = torch.randn(1000, 64).bfloat16() * 10
+    down = round_down(x, torch.bfloat16)
+    assert down.dtype == torch.bfloat16 and bool((down.float() <= x).all())
+    assert torch.equal(z > x[:, None], z > down[:, None])

@@ -59,7 +59,9 @@ class AnalyzeConfig:
     out: str | None = option(None, "Output folder (default runs/analyze-<timestamp>).")
     plots: bool = option(True, "Write topk_match.png and similarity.png.")
     seed: int = option(0, "Seed of the random-token baseline (cos_random).")
-    chunk_rows: int = option(256, "Positions projected onto the vocabulary at once (memory bound).")
+    vocab_chunk: int = option(
+        16384, "Vocabulary columns decoded at once: the working set is positions x this."
+    )
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -74,8 +76,8 @@ class AnalyzeConfig:
             raise UserError("--seq-len must be >= 3")
         if self.batch_size is not None and self.batch_size < 1:
             raise UserError("--batch-size must be >= 1")
-        if self.chunk_rows < 1:
-            raise UserError("--chunk-rows must be >= 1")
+        if self.vocab_chunk < 1:
+            raise UserError("--vocab-chunk must be >= 1")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -144,7 +146,7 @@ def analyze(cfg: AnalyzeConfig) -> Path | None:
             topk=cfg.topk,
             batch_size=cfg.batch_size,
             compute_dtype=lens_dtype,
-            chunk_rows=cfg.chunk_rows,
+            vocab_chunk=cfg.vocab_chunk,
             seed=cfg.seed,
             progress=rank == 0,
             seq_indices=torch.arange(rank, cfg.num_seqs, world),

@@ -2,7 +2,7 @@
 
 For each batch: one forward pass records the residual stream entering block 1 (layer 0) and
 after every block (layers 1..L) through hooks, stopping before the final norm and lm_head.
-Each layer is then normed, projected onto the vocabulary in row chunks (so no
+Each layer is then normed, projected onto the vocabulary in column chunks (so no
 [layers x positions x V] tensor ever exists), and reduced at once to per-sequence sums.
 """
 
@@ -114,51 +114,145 @@ def residual_stream(lm: LensModel, input_ids: Tensor) -> list[Tensor]:
 
 @dataclass
 class LensWeights:
-    """The matrices of one model prepared once for the lens (compute dtype, one device)."""
+    """The matrices of one model prepared once for the lens (compute dtype, one device).
 
-    unembed: Tensor  # (V, d) in the lens compute dtype
-    unembed_bias: Tensor | None
-    embed_f32: Tensor  # (V, d) float32 W_E for input-side cosines
-    unembed_f32: Tensor  # (V, d) float32 U for output-side cosines
+    The vocabulary is reordered by decreasing |U_v|: large logits come early, and the norm of
+    the first entry of a chunk bounds every logit from there on (see `decode_ranks`).
+    """
+
+    unembed_t: Tensor  # (d, V) U^T in sorted order, contiguous, in the lens compute dtype
+    unembed_bias: Tensor | None  # (V,) sorted order, compute dtype
+    position: Tensor  # (V,) token id -> column in the sorted order
+    norm_from: Tensor  # (V+1,) float32: max |U_v| over sorted columns c.. (0 at the end)
+    bias_from: Tensor | None  # (V+1,) float32: max bias over sorted columns c..
+    embed_f32: Tensor  # (V, d) float32 W_E for input-side cosines (token order)
+    unembed_f32: Tensor  # (V, d) float32 U for target logits and output cosines (token order)
 
     @classmethod
     def prepare(cls, lm: LensModel, compute_dtype: torch.dtype) -> LensWeights:
         u32 = lm.unembed.detach().float()
         e32 = u32 if lm.tied_embeddings else lm.embed.detach().float().to(u32.device)
-        u = u32 if compute_dtype == torch.float32 else u32.to(compute_dtype)
-        bias = None if lm.unembed_bias is None else lm.unembed_bias.detach().to(compute_dtype)
-        return cls(unembed=u.contiguous(), unembed_bias=bias, embed_f32=e32, unembed_f32=u32)
+        norms = u32.norm(dim=1)
+        order = torch.argsort(norms, descending=True)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order), device=order.device)
+        norm_from = torch.cat([norms[order], norms.new_zeros(1)])
+        bias = bias_from = None
+        if lm.unembed_bias is not None:
+            b32 = lm.unembed_bias.detach().float()[order]
+            bias = b32.to(compute_dtype)
+            rev_max = torch.cummax(b32.flip(0), dim=0).values.flip(0)
+            bias_from = torch.cat([rev_max, rev_max.new_full((1,), -torch.inf)])
+        u_t = u32[order].T.to(compute_dtype).contiguous()
+        return cls(u_t, bias, position, norm_from, bias_from, e32, u32)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.unembed_t.shape[1]
+
+    def chunks(self, vocab_chunk: int) -> list[tuple[int, int]]:
+        """Column ranges: small first (most rows are decided there), growing to vocab_chunk."""
+        bounds, c0, size = [], 0, max(1, vocab_chunk // 16)
+        while c0 < self.vocab_size:
+            bounds.append((c0, min(c0 + size, self.vocab_size)))
+            c0, size = c0 + size, min(2 * size, vocab_chunk)
+        return bounds
+
+
+def round_down(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The largest value of `dtype` that is <= x (float32 in, `dtype` out).
+
+    For z in `dtype`, (z > x) == (z > round_down(x)): no value of `dtype` lies strictly
+    between them. This keeps the comparison exact while running it in bf16.
+    """
+    if dtype == x.dtype:
+        return x
+    y = x.to(dtype)
+    return torch.where(y.float() > x, torch.nextafter(y, torch.full_like(y, -torch.inf)), y)
+
+
+def count_above(z: Tensor, thresholds: Tensor, own: Tensor) -> Tensor:
+    """For each row and target j: how many columns of z (n, Vc) exceed thresholds (n, J),
+    not counting column own (n, J) (the target itself; out-of-range indices match nothing).
+    """
+    cols = torch.arange(z.shape[1], device=z.device)
+    above = (z[:, None, :] > thresholds[:, :, None]) & (cols != own[:, :, None])  # (n, J, Vc)
+    return above.sum(-1)
+
+
+_compiled_count_above = None
+
+
+def _count_above_fn(device: torch.device):
+    """count_above fused into one pass over z by torch.compile on CPU (eager elsewhere).
+
+    Eager PyTorch materializes the boolean masks and is ~20x slower on CPU here; when
+    compilation is unavailable (no C++ compiler) the eager version is used.
+    """
+    global _compiled_count_above
+    if device.type != "cpu":
+        return count_above
+    if _compiled_count_above is None:
+        try:
+            fn = torch.compile(count_above, dynamic=True)
+            z = torch.zeros(3, 5, dtype=torch.bfloat16)
+            fn(z, torch.zeros(3, 2, dtype=torch.bfloat16), torch.zeros(3, 2, dtype=torch.long))
+            _compiled_count_above = fn
+        except Exception:  # noqa: BLE001 - any compiler failure falls back to eager
+            _compiled_count_above = count_above
+    return _compiled_count_above
+
+
+# bf16 logits differ from the exact ones by well under 1% of |h| |U_v|; the bound that
+# retires a row is widened by this factor so rounding can never beat it.
+BOUND_MARGIN = 1.03
 
 
 def decode_ranks(
-    hn: Tensor, weights: LensWeights, targets: tuple[Tensor, ...], chunk_rows: int
+    hn: Tensor,
+    weights: LensWeights,
+    targets: tuple[Tensor, ...],
+    vocab_chunk: int,
+    max_rank: int,
 ) -> list[Tensor]:
-    """Ranks of each target row-set under the lens logits of normed states hn (N, d).
+    """Ranks of each target set under the lens logits of normed states hn (N, d), capped at
+    max_rank: a returned value r < max_rank is the exact rank, max_rank means "max_rank or more".
 
-    Logits are formed chunk_rows rows at a time in the compute dtype; only ranks are kept.
-    In bf16 the target's own logit is computed in float32 (a d-long dot product per row) and
-    compared against the bf16 logits: rounding the target's logit to bf16 as well would make
-    it tie with its neighbours and count ties in its favour, inflating the top-k rates.
+    rank = number of vocabulary entries whose logit is strictly larger than the target's.
+    The target's logit is a float32 dot product; the vocabulary's logits are computed a chunk
+    of columns at a time in the compute dtype (bf16 on the fast path) and compared against it
+    rounded down to that dtype (exact, see `round_down`); the target's own column is skipped.
+    A row is retired once every target is decided: max_rank entries already beat it, or no
+    later entry can (|z_v| <= |h| |U_v|, and the vocabulary is sorted by |U_v|). Top-k needs
+    nothing more, and most rows retire within the first chunks.
     """
-    out: list[list[Tensor]] = [[] for _ in targets]
-    exact = weights.unembed.dtype == torch.float32
-    hc = hn if exact else hn.to(weights.unembed.dtype)
+    dtype = weights.unembed_t.dtype
     h32 = hn.float()
-    for start in range(0, hc.shape[0], chunk_rows):
-        rows = slice(start, start + chunk_rows)
-        z = hc[rows] @ weights.unembed.T  # (n, V)
+    t = torch.stack(targets, dim=1)  # (N, J)
+    z_t = (h32[:, None, :] * weights.unembed_f32[t]).sum(-1)  # (N, J) float32
+    if weights.unembed_bias is not None:
+        z_t = z_t + weights.unembed_bias.float()[weights.position[t]]
+    thresholds = round_down(z_t, dtype)
+    own = weights.position[t]  # (N, J) target columns in sorted order
+    h_norm = h32.norm(dim=1) * BOUND_MARGIN  # (N,)
+    hc = h32.to(dtype)
+    count = _count_above_fn(hc.device)
+    ranks = torch.zeros_like(t)
+    active = torch.arange(hc.shape[0], device=hc.device)
+    for c0, c1 in weights.chunks(vocab_chunk):
+        z = hc[active] @ weights.unembed_t[:, c0:c1]  # (n, Vc)
         if weights.unembed_bias is not None:
-            z = z + weights.unembed_bias
-        for j, t in enumerate(targets):
-            if exact:
-                out[j].append(M.target_ranks(z, t[rows]))
-                continue
-            z_t = (h32[rows] * weights.unembed_f32[t[rows]]).sum(-1, keepdim=True)  # (n, 1)
-            if weights.unembed_bias is not None:
-                z_t = z_t + weights.unembed_bias.float()[t[rows], None]
-            own = z.gather(1, t[rows, None]) > z_t  # the target's own bf16 entry is no rival
-            out[j].append((z > z_t).sum(dim=1) - own[:, 0].long())
-    return [torch.cat(r) for r in out]
+            z += weights.unembed_bias[c0:c1]
+        ranks[active] += count(z, thresholds[active], own[active] - c0)
+        bound = h_norm[active] * weights.norm_from[c1]  # (n,) no later logit exceeds this
+        if weights.bias_from is not None:
+            bound = bound + weights.bias_from[c1]
+        undecided = (ranks[active] < max_rank) & (bound[:, None] > z_t[active])  # (n, J)
+        active = active[undecided.any(dim=1)]
+        if active.numel() == 0:
+            break
+    ranks.clamp_(max=max_rank)
+    return list(ranks.unbind(1))
 
 
 def layer_metrics(
@@ -168,14 +262,14 @@ def layer_metrics(
     randoms: Tensor,
     weights: LensWeights,
     topk: tuple[int, ...],
-    chunk_rows: int,
+    vocab_chunk: int,
 ) -> tuple[Tensor, Tensor]:
     """All metrics of one layer for flattened positions.
 
     hn (N, d) normed states; inputs/outputs/randoms (N,) token ids.
     Returns values (N, M) and a validity mask (N, M) (projection skips t_i == t_{i+1}).
     """
-    rank_in, rank_out = decode_ranks(hn, weights, (inputs, outputs), chunk_rows)
+    rank_in, rank_out = decode_ranks(hn, weights, (inputs, outputs), vocab_chunk, max(topk))
     a = weights.embed_f32[inputs]  # (N, d)
     b = weights.unembed_f32[outputs]  # (N, d)
     r = weights.embed_f32[randoms]
@@ -208,7 +302,7 @@ def run_lens(
     topk: tuple[int, ...] = (1, 5),
     batch_size: int = 4,
     compute_dtype: torch.dtype = torch.bfloat16,
-    chunk_rows: int = 256,
+    vocab_chunk: int = 16384,
     seed: int = 0,
     progress: bool = True,
     seq_indices: Tensor | None = None,
@@ -224,13 +318,13 @@ def run_lens(
         raise ValueError("sequences too short for the lens: need at least two positions")
     weights = LensWeights.prepare(lm, compute_dtype)
     acc = LensAccumulator(lm.num_layers, topk, num_seqs)
-    vocab = weights.unembed.shape[0]
+    vocab = weights.vocab_size
     gen = torch.Generator().manual_seed(seed)
     randoms_all = torch.randint(0, vocab, (num_seqs, seq_len - 1 - s), generator=gen)
     indices = torch.arange(num_seqs) if seq_indices is None else seq_indices
-    device = weights.unembed.device
+    device = weights.unembed_t.device
     excluded = 0
-    norm_device = next(lm.norm.parameters(), weights.unembed).device
+    norm_device = next(lm.norm.parameters(), weights.unembed_t).device
     t0 = time.perf_counter()
     batches = range(0, len(indices), batch_size)
     bar = tqdm(
@@ -254,7 +348,7 @@ def run_lens(
             for layer, h in enumerate(states):
                 hn = lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device)
                 values, valid = layer_metrics(
-                    hn.reshape(n_b * n_p, -1), *flat, weights, topk, chunk_rows
+                    hn.reshape(n_b * n_p, -1), *flat, weights, topk, vocab_chunk
                 )
                 values = torch.where(valid, values, 0).reshape(n_b, n_p, -1)
                 acc.sums[idx, layer] += values.sum(1).double().cpu()
