@@ -9,7 +9,6 @@ unembedding U (lm_head) and input embedding W_E.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import json
 import os
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from causalshift.cache import cache_dir
 from causalshift.errors import UserError
+from causalshift.gpt.io import is_run_dir
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def load(
         folder = _converted_gguf(path, path.stem)
         return _from_hf_folder(folder, path.stem, str(path), dtype, device, device_map)
     if path.is_dir():
-        if _is_causalshift_run(path):
+        if is_run_dir(path):
             return _from_run_dir(path, dtype, device)
         if not (path / "config.json").is_file():
             raise UserError(f"{spec}: not a model folder (no config.json)")
@@ -237,16 +237,6 @@ def load(
             "an existing folder, a .gguf file, or a hub id (org/name)"
         )
     return _from_hf_folder(spec, spec.split("/")[-1], f"hub:{spec}", dtype, device, device_map)
-
-
-def _is_causalshift_run(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return "model" in json.loads(cfg.read_text()) and (path / "model.safetensors").is_file()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
 
 
 def _from_run_dir(path: Path, dtype: torch.dtype, device: str) -> LensModel:
@@ -305,13 +295,9 @@ def _from_hf_folder(
 
 def _register_causalshift_classes() -> None:
     """Let `from_pretrained` read causalshift exports (model_type causalshift_gpt)."""
-    try:
-        hf_model = importlib.import_module("causalshift.evaluate.hf_model")
-    except ImportError:
-        return
-    register = getattr(hf_model, "register_auto_classes", None)
-    if register is not None:
-        register()
+    import causalshift
+
+    causalshift.register_auto_classes()
 
 
 def _converted_gguf(gguf: Path, name: str) -> Path:
