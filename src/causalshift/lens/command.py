@@ -202,9 +202,9 @@ def write_results(out: Path, results: dict[str, Any], plots: bool = True) -> Non
     write_json(out / "results.json", results)
     write_text(out / "layers.csv", layers_csv(results))
     if plots:
-        from causalshift.lens.plots import plot_similarity, plot_topk_match
+        from causalshift.report.figures import plot_similarity, plot_topk
 
-        plot_topk_match(results["models"], out / "topk_match.png")
+        plot_topk(results["models"], out / "topk_match.png")
         plot_similarity(results["models"], out / "similarity.png")
 
 

@@ -60,6 +60,11 @@ def _metric_line(ax, xs, model, metric, color, style, label) -> None:
     _band(ax, xs, model, metric, color)
 
 
+def _label(model: dict[str, Any]) -> str:
+    """The report's label for a model, or its name in a plain analyze results.json."""
+    return model.get("label") or model["name"]
+
+
 def topk_ks(models: list[dict[str, Any]]) -> list[int]:
     """The k's present in every model's layer rows (from keys like 'top5_input')."""
     ks = None
@@ -82,8 +87,8 @@ def plot_topk(models: list[dict[str, Any]], path: Path) -> Path | None:
     for ax, k in zip(axes[0], ks, strict=True):
         for i, m in enumerate(models):
             xs, c = _xs(m, normalize), colors(i % 10)
-            _metric_line(ax, xs, m, f"top{k}_input", c, "--", f"{m['label']}: input t_i")
-            _metric_line(ax, xs, m, f"top{k}_output", c, "-o", f"{m['label']}: output t_(i+1)")
+            _metric_line(ax, xs, m, f"top{k}_input", c, "--", f"{_label(m)}: input t_i")
+            _metric_line(ax, xs, m, f"top{k}_output", c, "-o", f"{_label(m)}: output t_(i+1)")
         ax.set_title(f"top-{k} match of the logit lens")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"top-{k} match rate")
@@ -103,10 +108,10 @@ def plot_similarity(models: list[dict[str, Any]], path: Path) -> Path | None:
     colors = plt.get_cmap("tab10")
     for i, m in enumerate(models):
         xs, c = _xs(m, normalize), colors(i % 10)
-        _metric_line(ax1, xs, m, "cos_input", c, "--", f"{m['label']}: input")
-        _metric_line(ax1, xs, m, "cos_output", c, "-o", f"{m['label']}: output")
-        _metric_line(ax1, xs, m, "cos_random", c, ":", f"{m['label']}: random token")
-        _metric_line(ax2, xs, m, "projection", c, "-o", m["label"])
+        _metric_line(ax1, xs, m, "cos_input", c, "--", f"{_label(m)}: input")
+        _metric_line(ax1, xs, m, "cos_output", c, "-o", f"{_label(m)}: output")
+        _metric_line(ax1, xs, m, "cos_random", c, ":", f"{_label(m)}: random token")
+        _metric_line(ax2, xs, m, "projection", c, "-o", _label(m))
     ax1.set_title("cosine similarity of N(h) to token embeddings")
     ax1.set_ylabel("cosine")
     ax2.set_title("projection on the input->output axis")
