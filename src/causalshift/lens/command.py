@@ -17,7 +17,7 @@ from causalshift.config import add_config_arguments, config_overrides, int_list,
 from causalshift.errors import UserError
 from causalshift.io import write_json, write_text
 
-CPU_DEFAULT_SEQS = 64
+CPU_DEFAULT_SEQS = 32
 GPU_DEFAULT_SEQS = 1000  # the paper's setup
 
 
