@@ -1,0 +1,557 @@
+"""Logit-lens benchmarks: our engine against a plain implementation, side by side.
+
+- `plain_lens`: what one would write first: a Hugging Face forward with every hidden
+  state, float32 logits of every layer (final norm + the full lm_head matmul), torch.topk
+  for the top-k match, the cosines. Reference for speed (and, with `run_lens` in float32,
+  for the metrics).
+- `compare`: plain vs ours float32 vs ours fast path (bf16), interleaved repetitions on
+  the same sequences; the metrics' largest absolute differences; the projection's effective
+  and executed GFLOP/s against the matmul peak measured in the same run.
+- `scaling`: time per token as sequences, seq-len, layers and vocabulary grow.
+- `memory`: peak resident memory per configuration, each in a fresh process.
+
+    python -m bench.lens [--device cuda] [--gemma2-2b-shape] [--num-seqs 4] [--seq-len 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from bench.common import (
+    alternate,
+    in_subprocess,
+    machine,
+    matmul_peak,
+    median,
+    quiet_openmp,
+    sync,
+    timed,
+    vm_status,
+)
+
+# Gemma-2-2B's shape (its published config); weights are random, so the lens' metrics mean
+# nothing there: only throughput is measured.
+GEMMA2_2B_SHAPE = dict(
+    hidden_size=2304,
+    num_hidden_layers=26,
+    vocab_size=256000,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    intermediate_size=9216,
+    max_position_embeddings=8192,
+    final_logit_softcapping=30.0,
+    attn_logit_softcapping=50.0,
+    query_pre_attn_scalar=256,
+    sliding_window=4096,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def random_model(
+    family: str = "llama",
+    *,
+    hidden: int = 640,
+    layers: int = 6,
+    vocab: int = 32768,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    **extra: Any,
+):
+    """A LensModel with random weights built from a config (no tokenizer, no download).
+
+    family "llama": a Llama of width `hidden` (heads of 64, MLP 4x, tied embeddings);
+    family "gemma2": pass Gemma-2-2B's shape (`GEMMA2_2B_SHAPE`) in `extra`.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from causalshift.lens.models import lens_model
+
+    if family == "llama":
+        heads = max(1, hidden // 64)
+        kw = dict(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            vocab_size=vocab,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+        )
+    else:
+        kw = {}
+    kw.update(extra)
+    config = AutoConfig.for_model(family, **kw)
+    config.tie_last_hidden_states = False
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.eval()
+    return lens_model(model, None, f"random-{family}-L{config.num_hidden_layers}", "random")
+
+
+def random_tokens(num_seqs: int, seq_len: int, vocab: int, seed: int = 0):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (num_seqs, seq_len), generator=gen)
+
+
+def gemma_inputs(num_seqs: int, seq_len: int, device: str = "cpu"):
+    """The embedded Gemma 3 270M and `num_seqs` x `seq_len` windows of the `wiki` text."""
+    from causalshift.corpus import token_sequences
+    from causalshift.lens.models import load
+
+    lm = load("gemma-3-270m", device=device)
+    return lm, token_sequences(lm.tokenizer, "wiki", num_seqs, seq_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain implementation
+
+
+def _hidden_states(lm, batch):
+    """L+1 pre-norm residual states from a plain HF forward (output_hidden_states)."""
+    from causalshift.lens.engine import residual_stream
+
+    if getattr(getattr(lm.model, "config", None), "model_type", None) in (None, "causalshift_gpt"):
+        return residual_stream(lm, batch)
+    out = lm.model(input_ids=batch.to(lm.embed.device), output_hidden_states=True, use_cache=False)
+    return list(out.hidden_states)
+
+
+def plain_lens(lm, tokens, topk: tuple[int, ...] = (1, 5), batch_size: int = 4, seed: int = 0):
+    """The plain logit lens: per layer, float32 logits over the whole vocabulary, torch.topk.
+
+    Returns (means (L+1, M) float64 in `metric_names(topk)` order, number of positions).
+    Same positions, targets and random tokens as `run_lens` (seed `seed`).
+    """
+    import torch
+
+    from causalshift.lens import metrics as M
+
+    num_seqs, seq_len = tokens.shape
+    s = M.first_position(tokens, lm.bos_token_id)
+    vocab = lm.unembed.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    randoms_all = torch.randint(0, vocab, (num_seqs, seq_len - 1 - s), generator=gen)
+    n_metrics = 2 * len(topk) + 4
+    sums = torch.zeros(lm.num_layers + 1, n_metrics, dtype=torch.float64)
+    counts = torch.zeros(n_metrics, dtype=torch.float64)
+    dev = lm.unembed.device
+    with torch.inference_mode():
+        U = lm.unembed.float()  # (V, d)
+        E = lm.embed.float()
+        bias = None if lm.unembed_bias is None else lm.unembed_bias.float()
+        for start in range(0, num_seqs, batch_size):
+            batch = tokens[start : start + batch_size]
+            states = _hidden_states(lm, batch)
+            inp = batch[:, s : seq_len - 1].reshape(-1).to(dev)  # (N,)
+            out = batch[:, s + 1 :].reshape(-1).to(dev)
+            rnd = randoms_all[start : start + batch_size].reshape(-1).to(dev)
+            keep = (inp != out).double()
+            for layer, h in enumerate(states):
+                hn = lm.norm(h[:, s : seq_len - 1]).float().reshape(len(inp), -1)  # (N, d)
+                logits = hn @ U.T  # (N, V) float32
+                if bias is not None:
+                    logits = logits + bias
+                top = torch.topk(logits, max(topk), dim=1).indices  # (N, K)
+                cols = []
+                for k in topk:
+                    cols.append((top[:, :k] == inp[:, None]).any(1).double())
+                    cols.append((top[:, :k] == out[:, None]).any(1).double())
+                a, b, r = E[inp], U[out], E[rnd]
+                cols += [M.cosine(hn, a).double(), M.cosine(hn, b).double()]
+                cols += [M.cosine(hn, r).double(), M.projection(hn, a, b).double() * keep]
+                sums[layer] += torch.stack(cols, 1).sum(0).cpu()
+            counts += len(inp)
+            counts[-1] += float(keep.sum()) - len(inp)
+    return sums / counts, int(counts[0])
+
+
+def run_means(run) -> Any:
+    """(L+1, M) pooled means of a LensRun (same order as `plain_lens`)."""
+    acc = run.accumulator
+    return acc.sums.sum(0) / acc.counts.sum(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting what the pruned path multiplies
+
+
+def count_executed(lm, tokens, **kw) -> dict[str, float]:
+    """Run the fast path once with the engine's count kernel wrapped: every chunk's logits
+    (rows x columns) pass through it, so the sum is the matmul work actually done."""
+    from causalshift.lens import engine as E
+
+    seen = {"row_cols": 0, "chunks": 0}
+    original = E._count_above_fn
+
+    def wrapped(device):
+        fn = original(device)
+
+        def counting(z, thresholds, own):
+            seen["row_cols"] += z.shape[0] * z.shape[1]
+            seen["chunks"] += 1
+            return fn(z, thresholds, own)
+
+        return counting
+
+    E._count_above_fn = wrapped
+    try:
+        run = E.run_lens(lm, tokens, progress=False, **kw)
+    finally:
+        E._count_above_fn = original
+    d, vocab = lm.unembed.shape[1], lm.unembed.shape[0]
+    full = (lm.num_layers + 1) * run.num_positions * vocab
+    return {
+        "executed_flops": 2.0 * d * seen["row_cols"],
+        "effective_flops": 2.0 * d * full,
+        "executed_fraction": seen["row_cols"] / full,
+        "chunk_matmuls": seen["chunks"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison
+
+
+def compare(
+    lm,
+    tokens,
+    *,
+    reps: int = 2,
+    batch_size: int = 4,
+    device: str = "cpu",
+    with_plain: bool = True,
+    with_float32: bool = True,
+    peak: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Plain vs ours float32 vs ours bf16, interleaved, on the same sequences.
+
+    Times are wall seconds of the whole call (forward, lens and weight preparation).
+    """
+    import torch
+
+    from causalshift.lens.engine import residual_stream, run_lens
+
+    def ours(dtype):
+        return lambda: run_lens(
+            lm, tokens, compute_dtype=dtype, batch_size=batch_size, progress=False
+        )
+
+    # Warm-up: compiles the count kernel, touches every weight once.
+    run_lens(lm, tokens[:1, :16], compute_dtype=torch.bfloat16, progress=False)
+    fns: dict[str, Any] = {}
+    if with_plain:
+        fns["plain"] = lambda: plain_lens(lm, tokens, batch_size=batch_size)
+    if with_float32:
+        fns["ours_float32"] = ours(torch.float32)
+    fns["ours_bf16"] = ours(torch.bfloat16)
+
+    def forward_only():
+        with torch.inference_mode():
+            for i in range(0, len(tokens), batch_size):
+                residual_stream(lm, tokens[i : i + batch_size])
+
+    fns["forward_only"] = forward_only
+    times, last = alternate(fns, reps, device)
+    n_tok = tokens.numel()
+    positions = last["ours_bf16"].num_positions
+    d, vocab = lm.unembed.shape[1], lm.unembed.shape[0]
+    lens_flops = (lm.num_layers + 1) * 2.0 * d * vocab * positions
+    out: dict[str, Any] = {
+        "model": lm.name,
+        "num_seqs": int(tokens.shape[0]),
+        "seq_len": int(tokens.shape[1]),
+        "batch_size": batch_size,
+        "tokens": n_tok,
+        "positions": positions,
+        "layers": lm.num_layers,
+        "d_model": d,
+        "vocab": vocab,
+        "reps": reps,
+        "seconds": times,
+        "median_seconds": {k: median(v) for k, v in times.items()},
+        "tokens_per_second": {k: n_tok / median(v) for k, v in times.items()},
+        "lens_gflop_per_token": lens_flops / positions / 1e9,
+    }
+    med = out["median_seconds"]
+    if with_plain:
+        out["speedup_bf16_vs_plain"] = med["plain"] / med["ours_bf16"]
+        # ratio of each repetition's pair (they ran next to each other)
+        out["speedup_bf16_vs_plain_per_rep"] = [
+            p / b for p, b in zip(times["plain"], times["ours_bf16"], strict=True)
+        ]
+    if with_float32:
+        out["speedup_bf16_vs_float32"] = med["ours_float32"] / med["ours_bf16"]
+    if with_plain and with_float32:
+        out["speedup_float32_vs_plain"] = med["plain"] / med["ours_float32"]
+    # Agreement of the metrics.
+    fast = run_means(last["ours_bf16"])
+    if with_float32:
+        ref = run_means(last["ours_float32"])
+        out["max_abs_diff_bf16_vs_float32"] = float((fast - ref).abs().max())
+        out["max_abs_diff_by_metric"] = dict(
+            zip(
+                last["ours_bf16"].accumulator.names,
+                (fast - ref).abs().amax(0).tolist(),
+                strict=True,
+            )
+        )
+    if with_plain:
+        plain, plain_positions = last["plain"]
+        assert plain_positions == positions
+        if with_float32:
+            out["max_abs_diff_plain_vs_float32"] = float((plain - ref).abs().max())
+        out["max_abs_diff_bf16_vs_plain"] = float((fast - plain).abs().max())
+    # Throughput of the projection.
+    lens_seconds = {k: med[k] - med["forward_only"] for k in med if k != "forward_only"}
+    out["lens_seconds_excluding_forward"] = lens_seconds
+    out["effective_gflops"] = {k: lens_flops / med[k] / 1e9 for k in med if k != "forward_only"}
+    executed = count_executed(lm, tokens, batch_size=batch_size)
+    out.update(executed)
+    out["executed_gflops_bf16"] = executed["executed_flops"] / med["ours_bf16"] / 1e9
+    if peak:
+        out["matmul_peak_gflops"] = peak
+        out["effective_fraction_of_bf16_peak"] = out["effective_gflops"]["ours_bf16"] / peak.get(
+            "bfloat16", float("nan")
+        )
+        out["executed_fraction_of_bf16_peak"] = out["executed_gflops_bf16"] / peak.get(
+            "bfloat16", float("nan")
+        )
+    return out
+
+
+def chunk_layout(
+    d: int = 640, vocab: int = 262144, rows: int = 512, chunk: int = 16384, reps: int = 3
+) -> dict[str, Any]:
+    """Micro-benchmark behind a proposal for the engine: the chunk matmul with U^T stored
+    (d, V) and sliced by columns (strided, as the engine does) vs U stored (V, d) and sliced by
+    rows (contiguous; multiplied as its transpose). bf16, same shapes, interleaved."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(vocab, d, generator=gen).to(torch.bfloat16)
+    u_t = u.T.contiguous()  # (d, V)
+    h = torch.randn(rows, d, generator=gen).to(torch.bfloat16)
+    bounds = [(c, min(c + chunk, vocab)) for c in range(0, vocab, chunk)]
+
+    def cols():
+        for c0, c1 in bounds:
+            h @ u_t[:, c0:c1]
+
+    def rows_t():
+        for c0, c1 in bounds:
+            h @ u[c0:c1].T
+
+    times, _ = alternate({"column_slice_of_UT": cols, "row_slice_of_U": rows_t}, reps)
+    flops = 2.0 * rows * d * vocab
+    return {
+        "rows": rows,
+        "chunk": chunk,
+        "gflops": {k: flops / median(v) / 1e9 for k, v in times.items()},
+        "speedup_row_slice": median(times["column_slice_of_UT"]) / median(times["row_slice_of_U"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling and memory
+
+
+def time_fast_path(lm, tokens, batch_size: int = 4, reps: int = 1, device: str = "cpu") -> float:
+    """Median wall seconds of `run_lens` (bf16 fast path) on `tokens`."""
+    from causalshift.lens.engine import run_lens
+
+    run_lens(lm, tokens[:1, :8], progress=False)  # warm-up
+    ts = [
+        timed(lambda: run_lens(lm, tokens, batch_size=batch_size, progress=False), device)[0]
+        for _ in range(reps)
+    ]
+    return median(ts)
+
+
+def scaling(
+    lm,
+    tokens,
+    *,
+    seqs: tuple[int, ...] = (1, 2, 4),
+    seq_lens: tuple[int, ...] = (32, 64, 128),
+    base_len: int = 64,
+    layers: tuple[int, ...] = (6, 12, 24),
+    vocabs: tuple[int, ...] = (32768, 131072, 262144),
+    hidden: int = 640,
+    random_tokens_shape: tuple[int, int] = (2, 64),
+    device: str = "cpu",
+) -> dict[str, list[dict[str, Any]]]:
+    """Fast-path time as the work grows: sequences and seq-len on the real model `lm`
+    (`tokens` must hold max(seqs) x max(seq_lens)); layers and vocabulary on random Llamas of
+    width `hidden` (random weights retire rows sooner than a trained model's: the forward and
+    the first chunks dominate there)."""
+    out: dict[str, list[dict[str, Any]]] = {"seqs": [], "seq_len": [], "layers": [], "vocab": []}
+    for n in seqs:
+        t = tokens[:n, :base_len]
+        sec = time_fast_path(lm, t, device=device)
+        out["seqs"].append(
+            {
+                "num_seqs": n,
+                "seq_len": base_len,
+                "seconds": sec,
+                "ms_per_token": 1e3 * sec / t.numel(),
+            }
+        )
+    for T in seq_lens:
+        t = tokens[:1, :T]
+        sec = time_fast_path(lm, t, device=device)
+        out["seq_len"].append(
+            {"num_seqs": 1, "seq_len": T, "seconds": sec, "ms_per_token": 1e3 * sec / t.numel()}
+        )
+    S, T = random_tokens_shape
+    for L in layers:
+        m = random_model(hidden=hidden, layers=L, vocab=vocabs[0], device=device)
+        t = random_tokens(S, T, vocabs[0])
+        sec = time_fast_path(m, t, device=device)
+        out["layers"].append(
+            {"layers": L, "vocab": vocabs[0], "seconds": sec, "ms_per_token": 1e3 * sec / t.numel()}
+        )
+        del m
+    for V in vocabs:
+        m = random_model(hidden=hidden, layers=layers[0], vocab=V, device=device)
+        t = random_tokens(S, T, V)
+        sec = time_fast_path(m, t, device=device)
+        out["vocab"].append(
+            {"layers": layers[0], "vocab": V, "seconds": sec, "ms_per_token": 1e3 * sec / t.numel()}
+        )
+        del m
+    return out
+
+
+def memory_probe(
+    model: str = "random",
+    num_seqs: int = 4,
+    seq_len: int = 64,
+    batch_size: int = 4,
+    layers: int = 6,
+    vocab: int = 32768,
+    hidden: int = 640,
+) -> dict[str, Any]:
+    """Run in a fresh process (see `in_subprocess`): load, then one fast-path run; report the
+    resident memory after loading and the peak (VmHWM) over the whole process."""
+    quiet_openmp()
+    from causalshift.lens.engine import run_lens
+
+    if model == "gemma-3-270m":
+        lm, tokens = gemma_inputs(num_seqs, seq_len)
+    else:
+        lm = random_model(hidden=hidden, layers=layers, vocab=vocab)
+        tokens = random_tokens(num_seqs, seq_len, vocab)
+    loaded = vm_status()
+    t0 = time.perf_counter()
+    run_lens(lm, tokens, batch_size=batch_size, progress=False)
+    seconds = time.perf_counter() - t0
+    peak = vm_status()
+    mib = 1 / 2**20
+    return {
+        "model": model,
+        "layers": lm.num_layers,
+        "vocab": lm.unembed.shape[0],
+        "num_seqs": num_seqs,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "rss_after_load_mib": loaded.get("VmRSS", 0) * mib,
+        "peak_rss_mib": peak.get("VmHWM", 0) * mib,
+        "working_set_mib": (peak.get("VmHWM", 0) - loaded.get("VmRSS", 0)) * mib,
+        "seconds": seconds,
+    }
+
+
+def memory(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`memory_probe` for each config, each in its own process."""
+    return [in_subprocess("bench.lens:memory_probe", c) for c in configs]
+
+
+DEFAULT_MEMORY_CONFIGS = [
+    dict(num_seqs=4, seq_len=64, batch_size=4),
+    dict(num_seqs=16, seq_len=64, batch_size=4),
+    dict(num_seqs=4, seq_len=256, batch_size=4),
+    dict(num_seqs=4, seq_len=64, batch_size=1),
+    dict(num_seqs=16, seq_len=64, batch_size=16),
+    dict(num_seqs=4, seq_len=64, batch_size=4, layers=24),
+    dict(num_seqs=4, seq_len=64, batch_size=4, vocab=262144),
+    dict(model="gemma-3-270m", num_seqs=2, seq_len=64, batch_size=4),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU path: a model of Gemma-2-2B's shape
+
+
+def gemma2_2b_shape(
+    device: str = "cuda", num_seqs: int = 16, seq_len: int = 256, batch_size: int = 8, reps: int = 2
+) -> dict[str, Any]:
+    """Fast-path throughput on random weights of Gemma-2-2B's shape (bf16 weights on CUDA),
+    and the lens projection's effective GFLOP/s against the bf16 matmul peak measured here.
+    Only throughput means anything (the metrics of random weights do not)."""
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    lm = random_model("gemma2", device=device, dtype=dtype, **GEMMA2_2B_SHAPE)
+    tokens = random_tokens(num_seqs, seq_len, GEMMA2_2B_SHAPE["vocab_size"])
+    size = (8192, 8192, 8192) if device.startswith("cuda") else (2048, 2048, 2048)
+    peak = matmul_peak(("bfloat16",), size=size, device=device)
+    res = compare(
+        lm,
+        tokens,
+        reps=reps,
+        batch_size=batch_size,
+        device=device,
+        with_plain=False,
+        with_float32=False,
+        peak=peak,
+    )
+    sync(device)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_openmp()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-seqs", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument(
+        "--gemma2-2b-shape",
+        action="store_true",
+        help="random weights of Gemma-2-2B's shape instead of Gemma 3 270M",
+    )
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.gemma2_2b_shape:
+        res = gemma2_2b_shape(args.device, args.num_seqs, args.seq_len, args.batch_size, args.reps)
+    else:
+        peak = matmul_peak(device=args.device)
+        lm, tokens = gemma_inputs(args.num_seqs, args.seq_len, args.device)
+        res = compare(
+            lm, tokens, reps=args.reps, batch_size=args.batch_size, device=args.device, peak=peak
+        )
+    res["machine"] = machine(args.device)
+    text = json.dumps(res, indent=1)
+    if args.out:
+        from causalshift.io import write_text
+
+        write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

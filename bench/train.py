@@ -1,0 +1,288 @@
+"""Training benchmarks: `causalshift train`'s step against a plain nanoGPT-style step.
+
+- `compare`: the trainer's own optimizer step (`Trainer.train_step`: sampler, autocast,
+  compiled forward/backward, clip, statistics, AdamW) vs `bench.nanogpt.PlainTrainer` of
+  the same shape, precision and compile setting, interleaved blocks of steps; MFU against
+  the bf16 matmul peak measured in the same run.
+- `residual_modes`: none / fixed / gate / gate-hard / scalar, interleaved, cost vs none.
+- `growth`: tokens/s by model size and tokens per step.
+
+Logging, validation and checkpoints are outside the timed step, as in the trainer's own
+`tokens_per_second` metric.
+
+    python -m bench.train [--device cuda] [--preset cpu-small|gpt2-124m] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import alternate, machine, matmul_peak, median, quiet_openmp
+
+
+def _data_dir(root: Path, block_size: int, seed: int = 0) -> Path:
+    """A prepared data dir of random GPT-2 token ids (speed does not depend on the text)."""
+    import numpy as np
+
+    from causalshift.train.prepare import write_token_dir
+
+    rng = np.random.default_rng(seed)
+    n = max(200_000, 64 * (block_size + 1))
+    return write_token_dir(root / "data", rng.integers(0, 50257, n), rng.integers(0, 50257, 4096))
+
+
+def make_trainer(root: Path, cfg, device: str = "cpu", name: str = "run"):
+    """A `causalshift.train.loop.Trainer` on random tokens (not run: call `train_step`)."""
+    from causalshift.train import distributed as D
+    from causalshift.train.loop import Trainer
+
+    info = D.DistInfo(rank=0, local_rank=0, world_size=1, device=D.pick_device(device))
+    data = root / "data"
+    if not data.exists():
+        _data_dir(root, cfg.block_size)
+    return Trainer(cfg, root / name, data, info, progress=False)
+
+
+def bench_config(
+    preset: str = "cpu-small", device: str = "cpu", **overrides: Any
+):  # -> TrainConfig
+    """The preset with benchmark-friendly overrides (no eval during the timed steps)."""
+    from causalshift.train.config import preset as get_preset
+
+    cfg = get_preset(preset).replace(device=device, eval_iters=1, data="")
+    return cfg.replace(**overrides)
+
+
+def _ours_steps(trainer, k: int):
+    def run():
+        for _ in range(k):
+            trainer.train_step(0)
+            trainer.step += 1
+            trainer.position += trainer.global_batch
+
+    return run
+
+
+def _plain_steps(plain, batches, k: int):
+    def run():
+        for i in range(k):
+            x, y = batches[i % len(batches)]
+            plain.step(x, y)
+
+    return run
+
+
+def compare(
+    preset: str = "cpu-small",
+    *,
+    batch_size: int = 4,
+    steps: int = 3,
+    reps: int = 3,
+    warmup: int = 2,
+    device: str = "cpu",
+    compile: bool = True,
+    dtype: str = "auto",
+    peak: dict[str, float] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Trainer step vs plain step: tokens/s (medians over interleaved blocks of `steps`)."""
+    import torch
+
+    from bench.nanogpt import PlainTrainer
+    from causalshift.train.loop import autocast_dtype
+
+    cfg = bench_config(
+        preset,
+        device,
+        batch_size=batch_size,
+        grad_accum=1,
+        batch_tokens=None,
+        compile=compile,
+        dtype=dtype,
+        **overrides,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = make_trainer(Path(tmp), cfg, device)
+        amp = autocast_dtype(cfg.dtype, ours.device)
+        plain = PlainTrainer(
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.n_embd,
+            cfg.block_size,
+            cfg.vocab_size,
+            amp=amp,
+            compile=compile,
+            lr=cfg.lr,
+            device=ours.device,
+        )
+        gen = torch.Generator().manual_seed(0)
+        batches = []
+        for _ in range(4):
+            t = torch.randint(0, 50257, (batch_size, cfg.block_size + 1), generator=gen)
+            batches.append((t[:, :-1].to(ours.device), t[:, 1:].to(ours.device)))
+        _ours_steps(ours, warmup)()  # compile + warm-up
+        _plain_steps(plain, batches, warmup)()
+        fns = {"ours": _ours_steps(ours, steps), "plain": _plain_steps(plain, batches, steps)}
+        times, _ = alternate(fns, reps, device)
+        flops_per_token = ours.model.flops_per_token()
+        n_params = ours.model.num_params()
+    tokens = steps * batch_size * cfg.block_size
+    tok_s = {k: tokens / median(v) for k, v in times.items()}
+    out = {
+        "preset": preset,
+        "shape": dict(
+            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size
+        ),
+        "params": n_params,
+        "batch_size": batch_size,
+        "tokens_per_step": batch_size * cfg.block_size,
+        "steps_per_block": steps,
+        "reps": reps,
+        "compile": compile,
+        "precision": str(amp).replace("torch.", "") if amp else "float32",
+        "seconds": times,
+        "tokens_per_second": tok_s,
+        "ratio_ours_vs_plain": tok_s["ours"] / tok_s["plain"],
+        "ratio_per_rep": [p / o for o, p in zip(times["ours"], times["plain"], strict=True)],
+        "flops_per_token": flops_per_token,
+    }
+    if peak:
+        key = "bfloat16" if amp is not None else "float32"
+        out["peak_gflops"] = {key: peak[key]}
+        out["mfu"] = {k: v * flops_per_token / (peak[key] * 1e9) for k, v in tok_s.items()}
+    return out
+
+
+def residual_modes(
+    preset: str = "cpu-small",
+    *,
+    modes: tuple[str, ...] = ("none", "fixed", "gate", "gate-hard", "scalar"),
+    batch_size: int = 4,
+    steps: int = 2,
+    reps: int = 3,
+    device: str = "cpu",
+    compile: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Tokens/s of each residual mode (interleaved) and its cost relative to `none`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for mode in modes:
+            n_layer = overrides.get("n_layer") or bench_config(preset, device).n_layer
+            extra = {"cut_layer": max(1, n_layer * 2 // 3)} if mode == "fixed" else {}
+            cfg = bench_config(
+                preset,
+                device,
+                batch_size=batch_size,
+                grad_accum=1,
+                batch_tokens=None,
+                compile=compile,
+                residual=mode,
+                **extra,
+                **overrides,
+            )
+            tr = make_trainer(Path(tmp), cfg, device, name=mode)
+            _ours_steps(tr, 2)()  # compile + warm-up
+            trainers[mode] = tr
+        fns = {m: _ours_steps(tr, steps) for m, tr in trainers.items()}
+        times, _ = alternate(fns, reps, device)
+    tokens = steps * batch_size * cfg.block_size
+    tok_s = {m: tokens / median(t) for m, t in times.items()}
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "compile": compile,
+        "steps_per_block": steps,
+        "reps": reps,
+        "seconds": times,
+        "tokens_per_second": tok_s,
+        "overhead_vs_none": {m: tok_s["none"] / v - 1 for m, v in tok_s.items()},
+    }
+
+
+def growth(
+    rows: tuple[tuple[str, int], ...] = (
+        ("tiny", 8),
+        ("tiny", 32),
+        ("cpu-small", 2),
+        ("cpu-small", 8),
+    ),
+    *,
+    steps: int = 2,
+    reps: int = 2,
+    device: str = "cpu",
+    compile: bool = True,
+    peak: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Trainer tokens/s by model size and tokens per step (bf16 autocast where supported)."""
+    out = []
+    for preset, batch_size in rows:
+        r = compare(
+            preset,
+            batch_size=batch_size,
+            steps=steps,
+            reps=reps,
+            device=device,
+            compile=compile,
+            dtype="auto",
+            peak=peak,
+        )
+        out.append(
+            {
+                "preset": preset,
+                "params": r["params"],
+                "tokens_per_step": r["tokens_per_step"],
+                "ours_tok_s": r["tokens_per_second"]["ours"],
+                "plain_tok_s": r["tokens_per_second"]["plain"],
+                "ratio": r["ratio_ours_vs_plain"],
+                "mfu_ours": (r.get("mfu") or {}).get("ours"),
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_openmp()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default="cpu-small", help="tiny | cpu-small | gpt2-124m")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--modes", action="store_true", help="also the residual modes' overhead")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    size = (8192, 8192, 8192) if args.device.startswith("cuda") else (2048, 2048, 2048)
+    peak = matmul_peak(size=size, device=args.device)
+    res: dict[str, Any] = {
+        "compare": compare(
+            args.preset,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            reps=args.reps,
+            device=args.device,
+            compile=args.compile,
+            peak=peak,
+        ),
+    }
+    if args.modes:
+        res["residual_modes"] = residual_modes(
+            args.preset, batch_size=args.batch_size, device=args.device, compile=args.compile
+        )
+    res["machine"] = machine(args.device)
+    text = json.dumps(res, indent=1)
+    if args.out:
+        from causalshift.io import write_text
+
+        write_text(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
