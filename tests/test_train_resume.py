@@ -161,3 +161,7 @@ def test_resume_can_extend_and_refuses_model_changes(
     assert main(["train", "--resume", "--out", str(out), "--max-steps", str(STEPS + 2),
                  "--no-progress"]) == 0  # fmt: skip
     assert max(_losses(out)) == STEPS + 2
+    assert main(["train", "--resume", "--out", str(out), "--max-steps", str(STEPS + 3),
+                 "--lr", "0.0123", "--no-progress"]) == 0  # fmt: skip
+    groups = torch.load(out / "train_state.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert groups[0]["base_lr"] == 0.0123  # the new lr, not the checkpoint's

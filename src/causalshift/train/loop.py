@@ -209,6 +209,9 @@ class Trainer:
         self.global_batch = cfg.batch_size * self.accum * info.world_size  # sequences
         self.step_tokens = self.global_batch * cfg.block_size
         self.amp = autocast_dtype(cfg.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
 
         meta = read_meta(data_dir)
         if meta["vocab_size"] > cfg.vocab_size:
@@ -236,6 +239,9 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed + info.rank)  # per-rank dropout noise
         self.fwd = torch.compile(self.model) if cfg.compile else self.model
+        # On CPU the eval graph would be a second compile (about as long as the first) for
+        # little gain: evaluate eagerly there. DDP is not needed without gradients.
+        self.eval_model = self.fwd if self.device.type == "cuda" else self.model
         self.ddp = None
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -254,9 +260,13 @@ class Trainer:
         changed = [k for k in MODEL_FIELDS if saved.get(k) != getattr(self.cfg, k)]
         if changed:
             raise UserError(f"cannot change {', '.join(changed)} when resuming {self.run_dir}")
+        # Hyperparameters come from the (possibly changed) config, not the checkpoint.
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group, hyper in zip(self.optimizer.param_groups, fresh, strict=True):
+                group.update(hyper)
         except (RuntimeError, ValueError, KeyError) as e:
             msg = str(e).splitlines()[0]
             raise UserError(f"checkpoint {self.run_dir / STATE_NAME} does not fit: {msg}") from None
@@ -321,7 +331,7 @@ class Trainer:
             tokens = np.stack([self.val.read(int(s), T + 1) for s in starts])
             x, y = self._to_device(tokens)
             with self._autocast():
-                _, loss = self.fwd(x, y)
+                _, loss = self.eval_model(x, y)
             total += loss.double()
         D.all_reduce_sum(total)
         self.model.train()
@@ -429,7 +439,7 @@ class Trainer:
                     record(last_val, None, None)
                 if main and cfg.compile and self.step < cfg.max_steps:
                     bar.write("compiling the model: the first step takes a while")
-                interval_tokens, interval_seconds = 0, 0.0
+                interval_tokens, interval_seconds, warm = 0, 0.0, False
                 while self.step < cfg.max_steps:
                     t0 = time.perf_counter()
                     loss, norm, stop = self.train_step(signals.signum)
@@ -458,10 +468,12 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     dt = time.perf_counter() - t0
-                    interval_tokens += self.step_tokens
-                    interval_seconds += dt
-                    tokens_run += self.step_tokens
-                    train_seconds += dt
+                    if warm:  # the first step of a process compiles: not in tokens/s
+                        interval_tokens += self.step_tokens
+                        interval_seconds += dt
+                        tokens_run += self.step_tokens
+                        train_seconds += dt
+                    warm = True
                     pending.append(loss)
                     last_train = loss
                     last = self.step == cfg.max_steps
@@ -472,13 +484,13 @@ class Trainer:
                         last_val = val
                         bar.write(f"step {self.step}: val loss {val:.4f}")
                     if do_log:
-                        tok_s = interval_tokens / max(interval_seconds, 1e-9)
+                        tok_s = interval_tokens / interval_seconds if interval_seconds else None
                         record(val, tok_s, norm)
                         interval_tokens, interval_seconds = 0, 0.0
                         bar.set_postfix(
                             loss=f"{loss:.3f}",
                             val=f"{last_val:.3f}" if last_val is not None else "-",
-                            tok_s=f"{tok_s:,.0f}",
+                            tok_s=f"{tok_s:,.0f}" if tok_s else "-",
                         )
                     bar.update(1)
                     if self.step % cfg.checkpoint_interval == 0 or last or stop:
