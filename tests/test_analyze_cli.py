@@ -231,3 +231,46 @@ def test_end_to_end_on_embedded_gemma(tmp_path):
         logits = lm.model(input_ids=tokens).logits[:, 1:-1]
     accuracy = (logits.argmax(-1) == tokens[:, 2:]).float().mean().item()
     assert model["layers"][-1]["top1_output"] == pytest.approx(accuracy, abs=1.5 / 92)
+
+
+def test_torchrun_two_processes_equal_one(tiny_gpt2, text_file, tmp_path):
+    """Sequences split over 2 gloo ranks and summed give the single-process results."""
+    import os
+    import subprocess
+    import sys
+
+    common = [
+        "analyze",
+        "--model",
+        str(tiny_gpt2),
+        "--data",
+        str(text_file),
+        "--num-seqs",
+        "5",
+        "--seq-len",
+        "16",
+        "--no-plots",
+    ]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "causalshift",
+        *common,
+        "--out",
+        str(tmp_path / "two"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["models"][0]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())["models"][0]
+    assert two["num_positions"] == one["num_positions"]
+    for a, b in zip(one["layers"], two["layers"]):
+        for name, value in a.items():
+            if name not in ("layer", "ci95"):
+                assert b[name] == pytest.approx(value, abs=1e-6), (a["layer"], name)
