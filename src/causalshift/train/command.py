@@ -89,7 +89,7 @@ def _quiet_openmp() -> None:
     """Idle OpenMP threads sleep instead of spinning (before torch loads its runtime).
 
     On a CPU shared with other work, spinning threads made training steps 1.7x slower
-    here (2 cores, 2 busy processes); on an idle machine it makes no visible difference.
+    here (2 cores, another busy process). Set OMP_WAIT_POLICY yourself to override.
     """
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

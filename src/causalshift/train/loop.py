@@ -18,6 +18,7 @@ that step, save a checkpoint and exit with 128 + signal number.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -247,8 +248,12 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Buffers (fixed alphas, gate noise) are computed identically on every rank.
-            self.ddp = DDP(self.fwd, device_ids=ids, broadcast_buffers=False)
+            # Buffers (fixed alphas, gate noise) are computed identically on every rank:
+            # no need to sync them before every forward.
+            no_sync = {"broadcast_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DDP).parameters:
+                no_sync = {"forward_sync_buffers": False}
+            self.ddp = DDP(self.fwd, device_ids=ids, **no_sync)
             self.fwd = self.ddp
 
     # ---- state -------------------------------------------------------------------------
@@ -482,7 +487,8 @@ class Trainer:
                     val = self.evaluate() if do_eval else None
                     if val is not None:
                         last_val = val
-                        bar.write(f"step {self.step}: val loss {val:.4f}")
+                        if main:
+                            bar.write(f"step {self.step}: val loss {val:.4f}")
                     if do_log:
                         tok_s = interval_tokens / interval_seconds if interval_seconds else None
                         record(val, tok_s, norm)

@@ -1,8 +1,8 @@
 """`causalshift prepare`: text -> GPT-2 BPE uint16 token shards with a train/val split.
 
-Streaming: documents are read, tokenized in batches (tiktoken's `encode_ordinary_batch`,
-multi-threaded, while a reader thread fetches the next batch) and appended to shard files,
-so a corpus larger than memory works. Each document is preceded by <|endoftext|> (the
+Streaming: documents are read, tokenized by a pool of threads running tiktoken's Rust
+encoder (which releases the GIL, so reading, encoding and writing overlap) and appended to
+shard files, so a corpus larger than memory works. Each document is preceded by <|endoftext|> (the
 GPT-2 / llm.c convention). The validation split takes whole documents, spread through the
 stream: a document goes to val while val holds less than `val_fraction` of the tokens seen
 so far, until val has `val_tokens` tokens (the last val document is cut there, the rest goes
@@ -12,16 +12,16 @@ to train). Everything is written to a temporary folder that is renamed to DATA_D
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import functools
 import hashlib
-import itertools
 import os
-import queue
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,14 @@ class PrepareConfig:
     )
     shard_tokens: int = option(100_000_000, "Tokens per shard file (200 MB at 100M).")
     threads: int = option(0, "Tokenizer threads (0: all CPU cores).")
-    batch_docs: int = option(512, "Documents per tokenizer batch.", cli=False)
 
     def __post_init__(self) -> None:
         if self.val_tokens < 1:
             raise UserError(f"val_tokens must be positive, got {self.val_tokens}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.shard_tokens < 1 or self.threads < 0 or self.batch_docs < 1:
-            raise UserError("shard_tokens and batch_docs must be positive, threads >= 0")
+        if self.shard_tokens < 1 or self.threads < 0:
+            raise UserError("shard_tokens must be positive and threads >= 0")
 
 
 class ShardWriter:
@@ -78,7 +77,7 @@ class ShardWriter:
     def _open(self) -> None:
         self.close()
         name = f"{self.split}_{len(self.shards):06d}.bin"
-        self._file = open(self.folder / name, "wb")
+        self._file = open(self.folder / name, "wb", buffering=8 << 20)
         self.shards.append({"file": name, "num_tokens": 0})
 
     def close(self) -> None:
@@ -92,33 +91,26 @@ class ShardWriter:
         return {"num_tokens": self.num_tokens, "shards": self.shards}
 
 
-def _prefetch(batches: Iterable[list[str]], depth: int = 4) -> Iterator[list[str]]:
-    """Iterate `batches` in a background thread (reading overlaps tokenizing)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
+def encode_stream(enc: Any, docs: Iterable[str], threads: int) -> Iterator[np.ndarray]:
+    """Token arrays of `docs` in order, encoded by `threads` threads ahead of the consumer.
 
-    def work() -> None:
-        try:
-            for b in batches:
-                q.put(b)
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-
-
-def _batched(docs: Iterable[str], n: int) -> Iterator[list[str]]:
-    it = iter(docs)
-    while batch := list(itertools.islice(it, n)):
-        yield batch
+    tiktoken's Rust encoder releases the GIL, so reading the next documents, encoding and
+    writing overlap; at most `64 * threads` documents are in flight (streaming). Special
+    tokens in the text are encoded as plain text (as `encode_ordinary`).
+    """
+    if hasattr(enc, "encode_to_numpy"):  # no Python list per document
+        encode = functools.partial(enc.encode_to_numpy, disallowed_special=())
+    else:  # older tiktoken
+        encode = lambda doc: np.asarray(enc.encode_ordinary(doc), dtype=np.uint32)
+    depth = 64 * threads
+    with ThreadPoolExecutor(threads) as pool:
+        pending: collections.deque = collections.deque()
+        for doc in docs:
+            pending.append(pool.submit(encode, doc))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def prepare(
@@ -147,28 +139,25 @@ def prepare(
         val = ShardWriter(tmp, "val", cfg.shard_tokens)
         num_docs, seen, t0 = 0, 0, time.perf_counter()
         bar = tqdm(desc=f"prepare {cfg.data}", unit="tok", unit_scale=True, disable=not progress)
-        for docs in _prefetch(_batched(iter_documents(cfg.data), cfg.batch_docs)):
-            encoded = enc.encode_ordinary_batch(docs, num_threads=threads)
-            to_train: list[list[int]] = []
-            for toks in encoded:
-                if not toks:
-                    continue
-                n = len(toks) + 1
-                seen += n
-                room = cfg.val_tokens - val.num_tokens
-                if room > 0 and val.num_tokens < cfg.val_fraction * seen:
-                    doc = np.array([eot, *toks], dtype=DTYPE)
-                    val.write(doc[:room])
-                    if n > room:  # the val split is full: the rest of this document trains
-                        to_train.append([eot, *toks[room - 1 :]])
-                else:
-                    to_train.append([eot, *toks])
-                num_docs += 1
-            if to_train:
-                count = sum(map(len, to_train))
-                flat = itertools.chain.from_iterable(to_train)
-                train.write(np.fromiter(flat, dtype=DTYPE, count=count))
-            bar.update(sum(len(t) + 1 for t in encoded if t))
+        eot_arr = np.array([eot], dtype=DTYPE)
+        for toks in encode_stream(enc, iter_documents(cfg.data), threads):
+            if not len(toks):
+                continue
+            toks = toks.astype(DTYPE)
+            n = len(toks) + 1
+            seen += n
+            num_docs += 1
+            room = cfg.val_tokens - val.num_tokens
+            if room > 0 and val.num_tokens < cfg.val_fraction * seen:
+                val.write(eot_arr)
+                val.write(toks[: room - 1])
+                if n > room:  # the val split is full: the rest of this document trains
+                    train.write(eot_arr)
+                    train.write(toks[room - 1 :])
+            else:
+                train.write(eot_arr)
+                train.write(toks)
+            bar.update(n)
         bar.close()
         train.close()
         val.close()
