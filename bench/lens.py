@@ -308,6 +308,13 @@ def compare(
                 strict=True,
             )
         )
+        # A top-k mean moves by 1/positions per position whose hit flips: how many flipped.
+        names = last["ours_bf16"].accumulator.names
+        out["flipped_positions_bf16_vs_float32"] = {
+            n: round(float((fast - ref)[:, i].abs().max()) * positions)
+            for i, n in enumerate(names)
+            if n.startswith("top")
+        }
     if with_plain:
         plain, plain_positions = last["plain"]
         assert plain_positions == positions
@@ -318,6 +325,11 @@ def compare(
     lens_seconds = {k: med[k] - med["forward_only"] for k in med if k != "forward_only"}
     out["lens_seconds_excluding_forward"] = lens_seconds
     out["effective_gflops"] = {k: lens_flops / med[k] / 1e9 for k in med if k != "forward_only"}
+    from causalshift.lens.engine import LensWeights
+
+    out["weights_prepare_seconds"] = timed(lambda: LensWeights.prepare(lm, torch.bfloat16), device)[
+        0
+    ]  # sort + bf16 copy of U, once per run_lens call (included in the times above)
     executed = count_executed(lm, tokens, batch_size=batch_size)
     out.update(executed)
     out["executed_gflops_bf16"] = executed["executed_flops"] / med["ours_bf16"] / 1e9

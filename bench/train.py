@@ -5,7 +5,7 @@
   the same shape, precision and compile setting, interleaved blocks of steps; MFU against
   the bf16 matmul peak measured in the same run.
 - `residual_modes`: none / fixed / gate / gate-hard / scalar, interleaved, cost vs none.
-- `growth`: tokens/s by model size and tokens per step.
+- `growth`: the trainer's tokens/s and MFU by model size and tokens per step.
 
 Logging, validation and checkpoints are outside the timed step, as in the trainer's own
 `tokens_per_second` metric.
@@ -204,6 +204,48 @@ def residual_modes(
     }
 
 
+def trainer_throughput(
+    preset: str = "cpu-small",
+    *,
+    batch_size: int = 4,
+    steps: int = 2,
+    reps: int = 1,
+    device: str = "cpu",
+    compile: bool = True,
+    dtype: str = "auto",
+    peak: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Tokens/s (and MFU) of the trainer's step alone, for the growth table."""
+    from causalshift.train.loop import autocast_dtype
+
+    cfg = bench_config(
+        preset,
+        device,
+        batch_size=batch_size,
+        grad_accum=1,
+        batch_tokens=None,
+        compile=compile,
+        dtype=dtype,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = make_trainer(Path(tmp), cfg, device)
+        _ours_steps(tr, 2)()  # compile + warm-up
+        times, _ = alternate({"ours": _ours_steps(tr, steps)}, reps, device)
+        flops, params = tr.model.flops_per_token(), tr.model.num_params()
+        amp = autocast_dtype(cfg.dtype, tr.device)
+    tok_s = steps * batch_size * cfg.block_size / median(times["ours"])
+    key = "bfloat16" if amp is not None else "float32"
+    return {
+        "preset": preset,
+        "params": params,
+        "tokens_per_step": batch_size * cfg.block_size,
+        "precision": key,
+        "tokens_per_second": tok_s,
+        "flops_per_token": flops,
+        "mfu": tok_s * flops / (peak[key] * 1e9) if peak else None,
+    }
+
+
 def growth(
     rows: tuple[tuple[str, int], ...] = (
         ("tiny", 8),
@@ -211,38 +253,10 @@ def growth(
         ("cpu-small", 2),
         ("cpu-small", 8),
     ),
-    *,
-    steps: int = 2,
-    reps: int = 2,
-    device: str = "cpu",
-    compile: bool = True,
-    peak: dict[str, float] | None = None,
+    **kw: Any,
 ) -> list[dict[str, Any]]:
-    """Trainer tokens/s by model size and tokens per step (bf16 autocast where supported)."""
-    out = []
-    for preset, batch_size in rows:
-        r = compare(
-            preset,
-            batch_size=batch_size,
-            steps=steps,
-            reps=reps,
-            device=device,
-            compile=compile,
-            dtype="auto",
-            peak=peak,
-        )
-        out.append(
-            {
-                "preset": preset,
-                "params": r["params"],
-                "tokens_per_step": r["tokens_per_step"],
-                "ours_tok_s": r["tokens_per_second"]["ours"],
-                "plain_tok_s": r["tokens_per_second"]["plain"],
-                "ratio": r["ratio_ours_vs_plain"],
-                "mfu_ours": (r.get("mfu") or {}).get("ours"),
-            }
-        )
-    return out
+    """Trainer tokens/s by model size and tokens per step."""
+    return [trainer_throughput(p, batch_size=b, **kw) for p, b in rows]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,10 @@ def test_lens_compare_keys(tiny_lm):
     assert res["max_abs_diff_bf16_vs_float32"] < 0.01
     assert res["max_abs_diff_plain_vs_float32"] < 1e-4
     assert 0 < res["executed_fraction"] <= 1
+    from bench.report import render
+
+    doc = render({"machine_start": common.machine(), "lens": {"gemma": res}})
+    assert "## Logit lens" in doc and "Speedup of the fast path" in doc
 
 
 def test_lens_scaling_and_memory_probe(tiny_lm):
@@ -112,6 +116,12 @@ def test_train_compare_and_modes():
     )
     assert set(modes["overhead_vs_none"]) == {"none", "gate"}
     assert modes["overhead_vs_none"]["none"] == 0
+    growth = train.growth((("tiny", 2),), steps=1, compile=False, dtype="float32")
+    assert growth[0]["tokens_per_second"] > 0 and growth[0]["params"] > 0
+    from bench.report import render
+
+    doc = render({"train": {"eager": res, "modes": modes, "growth": growth}})
+    assert "trainer / plain" in doc and "### Residual modes" in doc
 
 
 def test_plain_gpt_matches_shape_of_ours():

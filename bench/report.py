@@ -1,0 +1,329 @@
+"""docs/benchmarks.md from the results dict of `bench.run_all` (no measuring here)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import md_table
+
+
+def _f(x: Any, fmt: str = ".3g") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _machine(res: dict[str, Any]) -> str:
+    m0, m1 = res.get("machine_start", {}), res.get("machine_end", {})
+    rows = [
+        (
+            "CPU",
+            f"{m0.get('cpu')} ({m0.get('cpu_count')} cores; flags: "
+            f"{', '.join(m0.get('cpu_flags', [])) or '-'})",
+        ),
+        ("torch threads", m0.get("torch_threads")),
+        (
+            "torch / transformers / python",
+            f"{m0.get('torch')} / {m0.get('transformers', '-')} / {m0.get('python')}",
+        ),
+        ("device", m0.get("device") + (f" ({m0['gpu']})" if m0.get("gpu") else "")),
+        ("load average (1, 5, 15 min) at start", m0.get("loadavg")),
+        ("load average at end", m1.get("loadavg")),
+        ("total benchmark time", f"{res.get('total_seconds', '-')} s"),
+    ]
+    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _lens(res: dict[str, Any]) -> str:
+    L = res.get("lens") or {}
+    g = L.get("gemma")
+    if not g:
+        return ""
+    tps, med = g["tokens_per_second"], g["median_seconds"]
+    eff = g["effective_gflops"]
+    peak = g.get("matmul_peak_gflops", {})
+    names = {
+        "plain": "plain (HF hidden states, fp32 logits, torch.topk)",
+        "ours_float32": "ours, float32 (`compute_dtype=torch.float32`)",
+        "ours_bf16": "ours, fast path (bf16, default)",
+        "forward_only": "model forward only (hooks, no lens)",
+    }
+    rows = []
+    for k, label in names.items():
+        if k not in med:
+            continue
+        rows.append(
+            {
+                "implementation": label,
+                "median s": med[k],
+                "runs (s)": ", ".join(f"{t:.1f}" for t in g["seconds"][k]),
+                "tokens/s": tps[k],
+                "x plain": med["plain"] / med[k] if "plain" in med else None,
+                "effective GFLOP/s": eff.get(k),
+                "of bf16 peak": _pct(eff[k] / peak["bfloat16"]) if k in eff and peak else "-",
+            }
+        )
+    out = [
+        "## Logit lens on Gemma 3 270M (embedded, float32 weights)\n",
+        f"Command: `python -m bench.lens --num-seqs {g['num_seqs']} --seq-len {g['seq_len']} "
+        f"--reps {g['reps']}` (the same function runs inside `make bench`). "
+        f"{g['num_seqs']} sequences x {g['seq_len']} tokens of `wiki`, batch {g['batch_size']}, "
+        f"{g['positions']} decoded positions x {g['layers'] + 1} layers, vocabulary "
+        f"{g['vocab']:,}, d = {g['d_model']}. The contenders ran in alternating order "
+        f"{g['reps']} times each in one process; times are wall seconds of the whole call "
+        "(forward + lens + preparing the unembedding); tokens/s = tokens / median.\n",
+        md_table(rows),
+        f"\n**Speedup of the fast path over the plain implementation: "
+        f"{_f(g.get('speedup_bf16_vs_plain'))}x** (per repetition, each pair run back to back: "
+        f"{', '.join(f'{x:.2f}' for x in g.get('speedup_bf16_vs_plain_per_rep', []))}); "
+        f"fast path vs our float32 path: {_f(g.get('speedup_bf16_vs_float32'))}x; "
+        f"our float32 vs plain: {_f(g.get('speedup_float32_vs_plain'))}x.\n",
+        "\n### Agreement of the metrics\n",
+        f"Largest absolute difference over all layers and metrics: fast path vs float32 "
+        f"reference **{_f(g.get('max_abs_diff_bf16_vs_float32'), '.2e')}** (goal < 0.01); "
+        f"plain vs our float32 {_f(g.get('max_abs_diff_plain_vs_float32'), '.2e')}; "
+        f"fast path vs plain {_f(g.get('max_abs_diff_bf16_vs_plain'), '.2e')}. The cosines and "
+        "the projection are float32 in every path; only the top-k columns can differ.\n",
+    ]
+    flips = g.get("flipped_positions_bf16_vs_float32")
+    if flips:
+        out.append(
+            "Top-k hits that differ between the fast path and the float32 reference, at the "
+            f"worst layer, out of {g['positions']} positions: "
+            + ", ".join(f"{k} {v}" for k, v in flips.items())
+            + ". A competitor whose logit lies within bf16 rounding of the target's can land "
+            "on either side (the bf16 logits are rounded products, while the target's is "
+            "float32), so one flip moves a mean by 1/positions: with few positions that alone "
+            "can exceed 0.01 (see the findings).\n"
+        )
+    by_metric = g.get("max_abs_diff_by_metric")
+    if by_metric:
+        out.append(
+            md_table(
+                [
+                    {"metric": k, "max abs diff (bf16 vs f32)": f"{v:.2e}"}
+                    for k, v in by_metric.items()
+                ]
+            )
+        )
+    fwd_share = med["forward_only"] / med["ours_bf16"] if "forward_only" in med else None
+    out += [
+        "\n### The projection against this machine's matmul peak\n",
+        f"Effective work of the lens projection: (L+1) x 2 x d x V = "
+        f"{g['lens_gflop_per_token']:.2f} GFLOP per decoded position. Measured peak of "
+        f"`torch.mm` (2048^3, best of 5, same run): bf16 {_f(peak.get('bfloat16'))} GFLOP/s, "
+        f"float32 {_f(peak.get('float32'))} GFLOP/s.\n\n"
+        f"- Fast path: effective {_f(eff.get('ours_bf16'))} GFLOP/s = "
+        f"{_pct(g.get('effective_fraction_of_bf16_peak'))} of the bf16 peak (effective FLOPs "
+        "count the whole vocabulary, as a dense implementation must).\n"
+        f"- Rows x columns actually multiplied by the pruned path (counted by wrapping the "
+        f"engine's count kernel, one extra untimed run): "
+        f"**{_pct(g.get('executed_fraction'))} of the dense work** "
+        f"({g.get('chunk_matmuls')} chunk matmuls); executed "
+        f"{_f(g.get('executed_gflops_bf16'))} GFLOP/s = "
+        f"{_pct(g.get('executed_fraction_of_bf16_peak'))} of the bf16 peak, over the whole "
+        f"call including the forward pass (the forward alone is {_pct(fwd_share)} of the fast "
+        "path's time).\n",
+    ]
+    lay = L.get("layout")
+    if lay:
+        gf = lay["gflops"]
+        out.append(
+            f"- Chunk matmul layout (micro-benchmark, {lay['rows']} rows x {lay['chunk']}-column "
+            f"chunks, bf16): U^T stored (d, V) and sliced by columns, as the engine does: "
+            f"{_f(gf['column_slice_of_UT'])} GFLOP/s; U stored (V, d) and sliced by rows "
+            f"(contiguous, multiplied transposed): {_f(gf['row_slice_of_U'])} GFLOP/s "
+            f"({_f(lay['speedup_row_slice'])}x).\n"
+        )
+    return "\n".join(out)
+
+
+def _scaling(res: dict[str, Any]) -> str:
+    s = res.get("scaling")
+    if not s:
+        return ""
+    out = [
+        "## How the lens cost grows\n",
+        "Fast path, wall seconds of one `run_lens` call (after a warm-up), one run each. "
+        "Sequences and seq-len: Gemma 3 270M on `wiki`. Layers and vocabulary: random-weight "
+        "Llama models of width 640 (heads of 64, MLP 4x, tied) on random tokens; with random "
+        "weights the targets are rarely near the top, so rows retire after the first chunks "
+        "and the cost there is mostly the forward pass and the first chunks: these two tables "
+        "show the engine's overheads, a trained model's cost per layer is closer to the "
+        "Gemma rows.\n",
+    ]
+    for key, title in (
+        ("seqs", "sequences"),
+        ("seq_len", "sequence length"),
+        ("layers", "layers (random Llama, d=640)"),
+        ("vocab", "vocabulary (random Llama, d=640)"),
+    ):
+        out += [f"\nBy {title}:\n", md_table(s[key])]
+    return "\n".join(out)
+
+
+def _memory(res: dict[str, Any]) -> str:
+    mem = res.get("memory")
+    if not mem:
+        return ""
+    cols = [
+        "model",
+        "layers",
+        "vocab",
+        "num_seqs",
+        "seq_len",
+        "batch_size",
+        "rss_after_load_mib",
+        "peak_rss_mib",
+        "working_set_mib",
+        "seconds",
+    ]
+    return "\n".join(
+        [
+            "## Peak memory of the lens\n",
+            "Each row is a fresh process (`python -m bench.common bench.lens:memory_probe "
+            "'{...}'`): load the model, run the fast path once; resident memory after loading "
+            "(VmRSS) and the process's peak (VmHWM from /proc/self/status). `random` = random "
+            "Llama of width 640 (6 layers, vocabulary 32,768 unless shown). Working set = peak - "
+            "RSS after load (the lens' own copies of the unembedding included: a bf16 sorted "
+            "(d, V) copy plus float32 views).\n",
+            md_table(mem, cols),
+        ]
+    )
+
+
+def _train(res: dict[str, Any]) -> str:
+    t = res.get("train")
+    if not t:
+        return ""
+    out = ["## Training\n"]
+    rows = []
+    for key in ("compile", "eager"):
+        r = t.get(key)
+        if not r:
+            continue
+        for who in ("ours", "plain"):
+            rows.append(
+                {
+                    "compile": r["compile"],
+                    "precision": r["precision"],
+                    "step": "causalshift Trainer.train_step"
+                    if who == "ours"
+                    else "plain nanoGPT-style step (bench/nanogpt.py)",
+                    "tokens/s": r["tokens_per_second"][who],
+                    "runs (s per block)": ", ".join(f"{x:.2f}" for x in r["seconds"][who]),
+                    "MFU": _pct((r.get("mfu") or {}).get(who)),
+                }
+            )
+    c = t.get("compile") or t.get("eager")
+    if c:
+        out += [
+            f"Command: `python -m bench.train --preset {c['preset']} --batch-size "
+            f"{c['batch_size']} --steps {c['steps_per_block']} --reps {c['reps']}` (and "
+            f"`--no-compile`). Shape {c['shape']}, {c['params'] / 1e6:.1f}M parameters, "
+            f"{c['tokens_per_step']} tokens per step, AdamW, grad clip 1.0. Blocks of "
+            f"{c['steps_per_block']} steps alternate between the two in one process; MFU = "
+            f"tokens/s x {c['flops_per_token'] / 1e6:.1f} MFLOP/token (6N + 12 L d T) / "
+            f"measured matmul peak of the precision used.\n",
+            md_table(rows),
+        ]
+        for key in ("compile", "eager"):
+            r = t.get(key)
+            if r:
+                out.append(
+                    f"\n**{key}: trainer / plain = {r['ratio_ours_vs_plain']:.3f}** (goal >= "
+                    f"0.95; per block pair: "
+                    f"{', '.join(f'{x:.3f}' for x in r['ratio_per_rep'])}).\n"
+                )
+    m = t.get("modes")
+    if m:
+        rows = [
+            {"residual": k, "tokens/s": v, "cost vs none": _pct(m["overhead_vs_none"][k])}
+            for k, v in m["tokens_per_second"].items()
+        ]
+        out += [
+            "\n### Residual modes\n",
+            f"Command: `python -m bench.train --preset {m['preset']} --batch-size "
+            f"{m['batch_size']} --modes`. One Trainer per mode (compile {m['compile']}), blocks "
+            f"of {m['steps_per_block']} steps in alternating order, {m['reps']} rounds; cost = "
+            "tokens/s(none) / tokens/s(mode) - 1 (goal <= 3%; differences of a few percent are "
+            "within this shared machine's noise: see the per-block seconds in "
+            "bench/results.json).\n",
+            md_table(rows),
+        ]
+    g = t.get("growth")
+    if g:
+        out += [
+            "\n### Trainer throughput by model size and tokens per step\n",
+            "One Trainer each (compile, bf16 autocast where the CPU supports it), median of "
+            "blocks of steps after a warm-up.\n",
+            md_table(
+                g, ["preset", "params", "tokens_per_step", "precision", "tokens_per_second", "mfu"]
+            ),
+        ]
+    return "\n".join(out)
+
+
+def _prepare(res: dict[str, Any]) -> str:
+    p = res.get("prepare")
+    if not p:
+        return ""
+    rows = [
+        {"what": k, "tokens/s": v, "runs (s)": ", ".join(f"{x:.2f}" for x in p["seconds"][k])}
+        for k, v in p["tokens_per_second"].items()
+    ]
+    return "\n".join(
+        [
+            "## `causalshift prepare`\n",
+            f"Command: `python -m bench.prepare --data {p['data']} --max-docs {p['documents']} "
+            f"--threads {p['threads']}`. The first {p['documents']} documents of `{p['data']}` "
+            f"({p['characters']:,} characters, {p['tokens']:,} GPT-2 tokens with one EOT per "
+            "document) in memory; `prepare` reads them from a .jsonl file, encodes, splits "
+            "train/val and writes fsynced uint16 shards; the reference is tiktoken's "
+            f"`encode_ordinary_batch(docs, num_threads={p['threads']})` alone. Alternating, "
+            f"{p['reps']} runs each.\n",
+            md_table(rows),
+            f"\n**prepare / tiktoken = {p['ratio_prepare_vs_tiktoken']:.3f}**.\n",
+        ]
+    )
+
+
+GPU = """## GPU (not measured yet)
+
+No GPU was available to the session that wrote this page, so **no GPU number is measured
+yet**. The code paths exist:
+
+- `python -m bench.run_all --device cuda --only peak,lens,train --gemma2-2b-shape`
+- `python -m bench.lens --device cuda --gemma2-2b-shape --num-seqs 16 --seq-len 256
+  --batch-size 8`: the fast path on random weights of Gemma-2-2B's shape (hidden 2304, 26
+  layers, vocabulary 256,000, 8/4 heads, MLP 9216; built with
+  `AutoConfig.for_model("gemma2", ...)`, bf16 weights), its tokens/s and the projection's
+  effective GFLOP/s against the bf16 `torch.mm` peak (8192^3) measured in the same run.
+- `python -m bench.train --device cuda --preset gpt2-124m --batch-size 16 --steps 5`:
+  GPT-2 124M training tokens/s and MFU of the trainer against the plain step.
+"""
+
+
+def render(res: dict[str, Any]) -> str:
+    peak = res.get("peak") or {}
+    head = [
+        "# Benchmarks\n",
+        f"Written by `{res.get('command', 'python -m bench.run_all')}` (`make bench`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; raw numbers in `bench/results.json`. Every "
+        "comparison was measured side by side in one process, in alternating order, and is "
+        "reported as medians and ratios. **This machine was shared with other jobs while it "
+        "ran** (see the load average: above the 2 cores means the benchmark got a fraction of "
+        "them), so absolute times are noisy and only the ratios of neighbouring runs are the "
+        "claim.\n",
+        _machine(res),
+        "\n## Matmul peak\n",
+        f"`torch.mm` on 2048 x 2048 x 2048 matrices, best of 5 (interleaved): bf16 "
+        f"**{_f(peak.get('bfloat16'))} GFLOP/s**, float32 **{_f(peak.get('float32'))} "
+        "GFLOP/s**. Used as the denominator of every utilization figure below.\n",
+    ]
+    parts = [_lens(res), _scaling(res), _memory(res), _train(res), _prepare(res), GPU]
+    return "\n".join(head + [p for p in parts if p])

@@ -1,0 +1,195 @@
+"""Run every benchmark at CPU sizes (`make bench`, about 10-15 minutes on 2 cores) and write
+docs/benchmarks.md from the measurements (raw numbers in bench/results.json).
+
+    python -m bench.run_all                  # everything, CPU sizes
+    python -m bench.run_all --quick          # toy sizes: checks the pipeline in ~2 minutes
+    python -m bench.run_all --only lens,train --device cuda --gemma2-2b-shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, machine, quiet_openmp
+
+SECTIONS = ("peak", "lens", "scaling", "memory", "train", "prepare")
+
+
+def _sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return dict(
+            lens=dict(num_seqs=2, seq_len=24, reps=1),
+            layout=dict(vocab=32768, rows=256, reps=1),
+            scaling=dict(
+                seqs=(1, 2),
+                seq_lens=(16, 32),
+                base_len=16,
+                layers=(2, 4),
+                vocabs=(8192, 32768),
+                random_tokens_shape=(1, 16),
+            ),
+            memory=[
+                dict(num_seqs=2, seq_len=16, layers=2, vocab=8192),
+                dict(num_seqs=8, seq_len=16, layers=2, vocab=8192),
+            ],
+            train=dict(preset="tiny", batch_size=4, steps=1, reps=1),
+            modes=dict(preset="tiny", batch_size=4, steps=1, reps=1),
+            growth=dict(rows=(("tiny", 4), ("tiny", 8)), steps=1),
+            prepare=dict(data="wiki", max_docs=20, reps=1),
+        )
+    return dict(
+        lens=dict(num_seqs=4, seq_len=64, reps=2),
+        layout=dict(vocab=65536, rows=512, reps=2),
+        scaling=dict(
+            seqs=(1, 2, 4),
+            seq_lens=(32, 64, 128),
+            base_len=32,
+            layers=(6, 12, 24),
+            vocabs=(32768, 131072, 262144),
+            random_tokens_shape=(2, 64),
+        ),
+        memory=[
+            dict(num_seqs=4, seq_len=64, batch_size=4),
+            dict(num_seqs=16, seq_len=64, batch_size=4),
+            dict(num_seqs=4, seq_len=256, batch_size=4),
+            dict(num_seqs=16, seq_len=64, batch_size=16),
+            dict(num_seqs=4, seq_len=64, batch_size=4, layers=24),
+            dict(num_seqs=4, seq_len=64, batch_size=4, vocab=262144),
+            dict(model="gemma-3-270m", num_seqs=2, seq_len=64, batch_size=4),
+            dict(model="gemma-3-270m", num_seqs=8, seq_len=64, batch_size=4),
+        ],
+        train=dict(preset="cpu-small", batch_size=4, steps=3, reps=3),
+        modes=dict(preset="cpu-small", batch_size=2, steps=2, reps=3),
+        growth=dict(rows=(("tiny", 8), ("tiny", 32), ("cpu-small", 2), ("cpu-small", 8)), steps=2),
+        prepare=dict(data="books", max_docs=300, reps=3),
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import common, lens, prepare, train
+
+    sizes = _sizes(args.quick)
+    dev = args.device
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    res: dict[str, Any] = {"machine_start": machine(dev), "sizes": sizes, "timing": {}}
+
+    def section(name: str, fn) -> None:
+        if name not in only:
+            return
+        t0 = time.perf_counter()
+        print(f"[bench] {name} ...", flush=True)
+        res[name] = fn()
+        res["timing"][name] = round(time.perf_counter() - t0, 1)
+        print(f"[bench] {name} done in {res['timing'][name]} s", flush=True)
+        _dump(res, args.json)
+
+    big = (8192,) * 3 if dev.startswith("cuda") else (2048,) * 3
+    section("peak", lambda: common.matmul_peak(size=big, device=dev))
+    peak = res.get("peak") or common.matmul_peak(size=(512,) * 3, device=dev)
+    holder: dict[str, Any] = {}
+
+    def lens_section() -> dict[str, Any]:
+        if args.gemma2_2b_shape:
+            out = {"gemma2_2b_shape": lens.gemma2_2b_shape(dev, **sizes["lens"])}
+            return out
+        lm, tokens = lens.gemma_inputs(sizes["lens"]["num_seqs"], sizes["lens"]["seq_len"], dev)
+        holder["lm"] = lm
+        out = {"gemma": lens.compare(lm, tokens, reps=sizes["lens"]["reps"], device=dev, peak=peak)}
+        if not dev.startswith("cuda"):
+            out["layout"] = lens.chunk_layout(**sizes["layout"])
+        return out
+
+    section("lens", lens_section)
+
+    def scaling_section() -> dict[str, Any]:
+        s = sizes["scaling"]
+        lm = holder.get("lm")
+        n, T = max(s["seqs"]), max(s["seq_lens"])
+        if lm is None:
+            lm, tokens = lens.gemma_inputs(n, T, dev)
+        else:
+            from causalshift.corpus import token_sequences
+
+            tokens = token_sequences(lm.tokenizer, "wiki", n, T)
+        return lens.scaling(lm, tokens, device=dev, **s)
+
+    section("scaling", scaling_section)
+    holder.clear()
+    section("memory", lambda: lens.memory(sizes["memory"]) if dev == "cpu" else [])
+
+    def train_section() -> dict[str, Any]:
+        t = sizes["train"]
+        out = {
+            "compile": train.compare(
+                t["preset"],
+                batch_size=t["batch_size"],
+                steps=t["steps"],
+                reps=t["reps"],
+                device=dev,
+                compile=True,
+                peak=peak,
+            ),
+            "eager": train.compare(
+                t["preset"],
+                batch_size=t["batch_size"],
+                steps=t["steps"],
+                reps=max(1, t["reps"] - 1),
+                device=dev,
+                compile=False,
+                peak=peak,
+            ),
+        }
+        m = sizes["modes"]
+        out["modes"] = train.residual_modes(
+            m["preset"], batch_size=m["batch_size"], steps=m["steps"], reps=m["reps"], device=dev
+        )
+        out["growth"] = train.growth(device=dev, peak=peak, **sizes["growth"])
+        return out
+
+    section("train", train_section)
+    section("prepare", lambda: prepare.compare(**sizes["prepare"]))
+    res["machine_end"] = machine(dev)
+    return res
+
+
+def _dump(res: dict[str, Any], path: str) -> None:
+    Path(path).write_text(json.dumps(res, indent=1, default=str) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_openmp()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--quick", action="store_true", help="toy sizes (a check of the pipeline)")
+    p.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    p.add_argument(
+        "--gemma2-2b-shape",
+        action="store_true",
+        help="lens section on random weights of Gemma-2-2B's shape (meant for --device cuda)",
+    )
+    p.add_argument("--json", default=str(REPO / "bench" / "results.json"))
+    p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
+    p.add_argument("--no-doc", action="store_true", help="only write the JSON")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    res = run(args)
+    res["total_seconds"] = round(time.perf_counter() - t0, 1)
+    res["command"] = "python -m bench.run_all" + "".join(
+        f" {a}" for a in (argv if argv is not None else os.sys.argv[1:])
+    )
+    _dump(res, args.json)
+    if not args.no_doc:
+        from bench.report import render
+
+        Path(args.doc).write_text(render(res), encoding="utf-8")
+        print(f"[bench] wrote {args.doc} and {args.json} in {res['total_seconds']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
