@@ -128,6 +128,10 @@ def _lens(res: dict[str, Any]) -> str:
         f"{_pct(g.get('executed_fraction_of_bf16_peak'))} of the bf16 peak, over the whole "
         f"call including the forward pass (the forward alone is {_pct(fwd_share)} of the fast "
         "path's time).\n",
+        f"- Preparing the lens' copy of the unembedding (sort by |U_v|, bf16 transpose), "
+        f"once per `run_lens` call: {_f(g.get('weights_prepare_seconds'))} s, "
+        f"{_pct((g.get('weights_prepare_seconds') or 0) / med['ours_bf16'])} of this fast-path "
+        "run (a fixed cost that a long `analyze` amortizes).\n",
     ]
     lay = L.get("layout")
     if lay:
@@ -262,7 +266,8 @@ def _train(res: dict[str, Any]) -> str:
             "One Trainer each (compile, bf16 autocast where the CPU supports it), median of "
             "blocks of steps after a warm-up.\n",
             md_table(
-                g, ["preset", "params", "tokens_per_step", "precision", "tokens_per_second", "mfu"]
+                [{**r, "mfu": _pct(r.get("mfu"))} for r in g],
+                ["preset", "params", "tokens_per_step", "precision", "tokens_per_second", "mfu"],
             ),
         ]
     return "\n".join(out)
