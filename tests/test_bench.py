@@ -144,3 +144,28 @@ def test_prepare_compare(tmp_path):
     assert res["tokens"] > 0
     assert 0 <= res["prepared_tokens"] - res["tokens"] <= 1  # an EOT where val cuts a doc
     assert res["ratio_prepare_vs_tiktoken"] > 0
+
+
+def test_gemma2_shape_code_path_at_toy_size():
+    shape = dict(
+        lens.GEMMA2_2B_SHAPE,
+        hidden_size=64,
+        num_hidden_layers=2,
+        vocab_size=512,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        intermediate_size=128,
+        query_pre_attn_scalar=32,
+    )
+    lm = lens.random_model("gemma2", **shape)
+    assert lm.architecture == "gemma2" and lm.num_layers == 2
+    res = lens.compare(
+        lm,
+        lens.random_tokens(2, 8, 512),
+        reps=1,
+        with_plain=False,
+        with_float32=False,
+        peak={"bfloat16": 1.0},
+    )
+    assert set(res["tokens_per_second"]) == {"ours_bf16", "forward_only"}
