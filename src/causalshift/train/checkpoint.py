@@ -62,7 +62,10 @@ def load_state(run_dir: Path) -> dict[str, Any]:
     """Read `train_state.pt`; UserError if missing, truncated or corrupt."""
     path = Path(run_dir) / STATE_NAME
     if not path.is_file():
-        raise UserError(f"nothing to resume: {path} not found (start a new run without --resume)")
+        raise UserError(
+            f"nothing to resume: {path} not found (a run stopped before its first "
+            "checkpoint starts again without --resume)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, ...

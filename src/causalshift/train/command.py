@@ -113,13 +113,14 @@ def run(args: argparse.Namespace) -> int:
         cfg.grad_accum_for(info.world_size)  # batch divisibility, before any work
         out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{mode_slug(cfg)}"
         run_dir = Path(D.broadcast_object(out))
-        if not args.resume and (
-            (run_dir / STATE_NAME).exists() or (run_dir / "config.json").exists()
-        ):
+        if not args.resume and (run_dir / STATE_NAME).exists():
             raise UserError(
-                f"{run_dir} already holds a run: pass --resume to continue it, "
-                "or choose another --out"
+                f"{run_dir} already holds a run with a checkpoint: pass --resume to continue "
+                "it, or choose another --out"
             )
+        if not args.resume and info.is_main:  # a run that never checkpointed: start over
+            for stale in ("metrics.jsonl", "summary.json"):
+                (run_dir / stale).unlink(missing_ok=True)
         if info.is_main:
             data_dir = resolve_data(cfg.data, progress=args.progress)
         D.barrier()

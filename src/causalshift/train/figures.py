@@ -148,7 +148,8 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> Path | None:
             ax.axhspan(base["min"], base["max"], color="gray", alpha=0.15, lw=0)
     ax.set_xlabel("cut layer K")
     ax.set_ylabel("final validation loss")
-    ax.set_title(f"validation loss vs cut layer ({sweep.get('preset', '')})")
+    steps = f", {sweep['max_steps']} steps" if sweep.get("max_steps") else ""
+    ax.set_title(f"validation loss vs cut layer ({sweep.get('preset', '')}{steps})")
     ax.grid(alpha=0.3)
     ax.legend()
     out = _save(fig, path)
