@@ -165,3 +165,24 @@ def test_resume_can_extend_and_refuses_model_changes(
                  "--lr", "0.0123", "--no-progress"]) == 0  # fmt: skip
     groups = torch.load(out / "train_state.pt", weights_only=True)["optimizer"]["param_groups"]
     assert groups[0]["base_lr"] == 0.0123  # the new lr, not the checkpoint's
+
+
+def test_run_without_checkpoint_starts_over(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"step": 0, "val_loss": 1.0}\n{"step": 3, "trai')
+    assert main(["train", "--resume", "--out", str(out)]) == 2
+    assert "before its first checkpoint" in capsys.readouterr().err
+    fast = [a for a in ARGS if a != "--dropout" and a != "0.1"]
+    fast[fast.index("--max-steps") + 1] = "2"
+    assert main(["train", *fast, "--data", str(data_dir), "--out", str(out)]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2]
+
+
+def test_gpt2_preset_needs_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--preset", "gpt2-124m", "--out", str(tmp_path / "r")]) == 2
+    assert "--data DATA_DIR" in capsys.readouterr().err
