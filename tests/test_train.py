@@ -249,3 +249,22 @@ def test_token_split_reads_across_shards(tmp_path: Path) -> None:
     (d / "train_000001.bin").write_bytes(b"\0" * 10)
     with pytest.raises(UserError, match="truncated"):
         TokenSplit(d, "train")
+
+
+@pytest.mark.slow
+def test_compiled_bf16_gate_hard_run(data_dir: Path, tmp_path: Path) -> None:
+    """torch.compile + bf16 autocast (the CPU defaults) with the stochastic gate."""
+    out = tmp_path / "compiled"
+    args = [a for a in FAST if a not in ("--no-compile", "--dtype", "float32")]
+    code = main(["train", *args, "--compile", "--dtype", "bfloat16", "--residual", "gate-hard",
+                 "--data", str(data_dir), "--out", str(out), "--max-steps", "3",
+                 "--eval-interval", "3"])  # fmt: skip
+    assert code == 0
+    recs = metrics(out)
+    assert [r["step"] for r in recs] == [0, 1, 2, 3]
+    assert all(math.isfinite(r["train_loss"]) for r in recs[1:])
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+    assert len(recs[-1]["gate_p"]) == 2
+    assert json.loads((out / "config.json").read_text())["environment"]["autocast_dtype"] == (
+        "bfloat16"
+    )
