@@ -30,7 +30,10 @@ DEFAULT_PRESET = "cpu-small"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--preset", choices=PRESET_NAMES, help=f"Named configuration (default: {DEFAULT_PRESET})."
+        "--preset",
+        choices=PRESET_NAMES,
+        help=f"Named configuration (default: {DEFAULT_PRESET}; the defaults shown below are "
+        f"{DEFAULT_PRESET}'s, other presets set their own).",
     )
     parser.add_argument(
         "--config", metavar="FILE", help="JSON object of training config fields, over the preset."

@@ -54,7 +54,9 @@ class SweepRun:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=PRESET_NAMES, default="cpu-small", help="Preset.")
+    parser.add_argument(
+        "--preset", choices=PRESET_NAMES, default="cpu-small", help="Preset (default: cpu-small)."
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="Sweep folder.")
     parser.add_argument(
         "--layers", default="all", help="Cut layers: all or a comma list like 2,4,6."
@@ -246,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         t.start()
     for t in threads:
         t.join()
+    for r in runs:  # not started (the sweep was interrupted)
+        results.setdefault(r.name, _result(r, out / r.name, "pending"))
     doc = write_sweep(args, list(results.values()))
     failed = [r["name"] for r in doc["runs"] if r["status"] != "finished"]
     print(f"wrote {out / SWEEP_NAME} and {out / FIGURE_NAME}", flush=True)
