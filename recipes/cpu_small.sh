@@ -5,18 +5,18 @@
 #
 # What it does and what each step costs here (2 CPU cores, cpu-small = 6 layers x 256 wide,
 # context 256, ~3,000 tokens/s with bf16 autocast + torch.compile):
-#   1. prepare  the embedded books corpus -> GPT-2 token shards          ~1-2 min, once
-#   2. train    6 runs x STEPS steps x 4,096 tokens (150 steps = 614k tokens)
-#               baseline (seeds 1, 2), full cut at layer 2 and at layer 5, gate, gate-hard
-#                                                                      ~4-6 min each, ~30 min
-#   3. eval     each run on the tiny self-written local tasks in tests/data/tasks (hub
+#   1. prepare  the embedded books corpus -> GPT-2 token shards          ~10 s, once
+#   2. train    10 runs x STEPS steps x 4,096 tokens (120 steps = 492k tokens, ~3-4 min each):
+#               the sweep (baseline and a full cut at layers 2, 4, 6; seeds 1 and 2), then
+#               the learnable gate and gate-hard (seed 1)                     ~35-40 min
+#   3. eval     6 runs on the tiny self-written local tasks in tests/data/tasks (hub
 #               benchmarks cannot be fetched offline; see docs/evaluation.md)  ~20 s each
-#   4. analyze  the causal shift in the trained runs (64 wiki sequences)  ~1 min
-#               and, with PRETRAINED=1 (default), in the embedded Gemma 3 270M ~2-4 min
+#   4. analyze  the causal shift in the trained runs (64 wiki sequences)  ~1-2 min
+#               and, with PRETRAINED=1 (default), in the embedded Gemma 3 270M ~3-4 min
 #   5. report   report.md + report.html from the result files            ~10 s
-# Total: about 40 minutes. Re-running the script skips finished steps and resumes an
-# interrupted training run. Knobs (environment): OUT, STEPS, PRESET, EARLY, LATE, TASKS,
-# SEQ_LEN, PRETRAINED, CS. Smoke test in ~3 min: PRESET=tiny STEPS=10 EARLY=1 LATE=2 SEQ_LEN=64
+# Total: about 50 minutes. Re-running the script skips finished steps and resumes an
+# interrupted training run. Knobs (environment): OUT, STEPS, PRESET, LAYERS, SEEDS, TASKS,
+# SEQ_LEN, PRETRAINED, CS. Smoke test in ~3 min: PRESET=tiny STEPS=10 LAYERS=1,2 SEQ_LEN=32
 # PRETRAINED=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,11 +24,11 @@ cd "$(dirname "$0")/.."
 CS=${CS:-.venv/bin/causalshift}
 OUT=${OUT:-runs/cpu_small}
 PRESET=${PRESET:-cpu-small}
-STEPS=${STEPS:-150}
+STEPS=${STEPS:-120}
 PRETRAINED=${PRETRAINED:-1}
 TASKS=${TASKS:-cs_mc,cs_qa,cs_ppl}
-EARLY=${EARLY:-2}   # cut layers of the two fixed-cut runs (cpu-small has 6 blocks)
-LATE=${LATE:-5}
+LAYERS=${LAYERS:-2,4,6}  # cut layers of the sweep (cpu-small has 6 blocks)
+SEEDS=${SEEDS:-1,2}
 SEQ_LEN=${SEQ_LEN:-128}  # analyze: tokens per sequence (at most the runs' context)
 
 if [ ! -x "$CS" ]; then
@@ -44,7 +44,12 @@ if [ ! -f "$OUT/data/meta.json" ]; then
   "$CS" prepare --data books --out "$OUT/data" --val-tokens 262144 --force
 fi
 
-# 2. Training. A finished run has summary.json; an interrupted one resumes.
+# 2. Training. The sweep (paper figure 4): the baseline and a full cut at each of LAYERS,
+# for each of SEEDS; then the learnable gate and its hard variant. Finished runs
+# (summary.json) are skipped and interrupted ones resumed.
+log "sweep: baseline + cuts at $LAYERS, seeds $SEEDS"
+"$CS" sweep --preset "$PRESET" --data "$OUT/data" --layers "$LAYERS" --seeds "$SEEDS" \
+  --max-steps "$STEPS" --out "$OUT/sweep"
 train() {
   local name=$1; shift
   local dir="$OUT/$name"
@@ -58,13 +63,12 @@ train() {
     "$CS" train --preset "$PRESET" --data "$OUT/data" --max-steps "$STEPS" --out "$dir" "$@"
   fi
 }
-train none-s1       --residual none      --seed 1
-train none-s2       --residual none      --seed 2
-train "fixed-L$EARLY-s1" --residual fixed --cut-layer "$EARLY" --seed 1
-train "fixed-L$LATE-s1"  --residual fixed --cut-layer "$LATE" --seed 1
 train gate-s1       --residual gate      --seed 1
 train gate-hard-s1  --residual gate-hard --seed 1
-RUNS=(none-s1 none-s2 "fixed-L$EARLY-s1" "fixed-L$LATE-s1" gate-s1 gate-hard-s1)
+FIRST_SEED=${SEEDS%%,*}
+RUNS=("sweep/none-s$FIRST_SEED")
+for layer in ${LAYERS//,/ }; do RUNS+=("sweep/fixed-L$layer-a0-s$FIRST_SEED"); done
+RUNS+=(gate-s1 gate-hard-s1)
 
 # 3. Zero-shot evaluation through lm-evaluation-harness: eval.json lands in each run dir.
 for name in "${RUNS[@]}"; do
@@ -78,7 +82,7 @@ done
 if [ ! -f "$OUT/analyze_runs/results.json" ]; then
   log "analyze the trained runs"
   models=()
-  for name in none-s1 "fixed-L$EARLY-s1" "fixed-L$LATE-s1" gate-s1 gate-hard-s1; do
+  for name in "${RUNS[@]}"; do
     models+=(--model "$OUT/$name")
   done
   "$CS" analyze "${models[@]}" --num-seqs 64 --seq-len "$SEQ_LEN" --out "$OUT/analyze_runs"
