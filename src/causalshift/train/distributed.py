@@ -97,4 +97,7 @@ def gather_objects(obj: Any) -> list[Any]:
 
 def barrier() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # name the device: no guessing, no warning
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
