@@ -466,6 +466,7 @@ def memory_probe(
     else:
         lm = random_model(hidden=hidden, layers=layers, vocab=vocab)
         tokens = random_tokens(num_seqs, seq_len, vocab)
+    _touch(lm)
     loaded = vm_status()
     t0 = time.perf_counter()
     run_lens(lm, tokens, batch_size=batch_size, progress=False)
@@ -482,6 +483,63 @@ def memory_probe(
         "rss_after_load_mib": loaded.get("VmRSS", 0) * mib,
         "peak_rss_mib": peak.get("VmHWM", 0) * mib,
         "working_set_mib": (peak.get("VmHWM", 0) - loaded.get("VmRSS", 0)) * mib,
+        "seconds": seconds,
+    }
+
+
+def _touch(lm) -> None:
+    """Make every weight resident (safetensors maps them lazily), so that the RSS after
+    loading counts the whole model and the working set is the lens' own."""
+    import torch
+
+    with torch.inference_mode():
+        for p in lm.model.parameters():
+            p.sum()
+
+
+def sorted_unembed_chunked(u, dtype=None, block: int = 16384):
+    """Prototype: U^T (d, V) with columns sorted by decreasing |U_v|, in `dtype` (bf16),
+    built a block of rows at a time (no full-size float32 temporary). Same result as
+    `LensWeights.prepare(...).unembed_t`."""
+    import torch
+
+    dtype = dtype or torch.bfloat16
+    with torch.inference_mode():
+        u = u.detach()
+        order = torch.argsort(u.float().norm(dim=1), descending=True)
+        u_t = torch.empty(u.shape[1], u.shape[0], dtype=dtype, device=u.device)
+        for c in range(0, u.shape[0], block):
+            u_t[:, c : c + block] = u[order[c : c + block]].float().T.to(dtype)
+    return u_t
+
+
+def weights_memory_probe(variant: str = "engine", vocab: int = 262144, hidden: int = 640):
+    """Peak memory and time of preparing the lens' sorted bf16 unembedding (fresh process):
+    `engine` = `LensWeights.prepare` (gathers a sorted float32 copy of U, then converts);
+    `chunked` = a prototype that fills the (d, V) bf16 copy a block of rows at a time."""
+    quiet_openmp()
+    import torch
+
+    from causalshift.lens.engine import LensWeights
+
+    lm = random_model(hidden=hidden, layers=1, vocab=vocab)
+    _touch(lm)
+    base = vm_status()
+    t0 = time.perf_counter()
+    if variant == "engine":
+        w = LensWeights.prepare(lm, torch.bfloat16)
+        u_t = w.unembed_t
+    else:
+        u_t = sorted_unembed_chunked(lm.unembed)
+    seconds = time.perf_counter() - t0
+    peak = vm_status()
+    mib = 1 / 2**20
+    return {
+        "variant": variant,
+        "vocab": vocab,
+        "d_model": hidden,
+        "bf16_copy_mib": u_t.numel() * 2 * mib,
+        "extra_peak_mib": (peak.get("VmHWM", 0) - base.get("VmRSS", 0)) * mib,
         "seconds": seconds,
     }
 

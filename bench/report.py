@@ -192,10 +192,29 @@ def _memory(res: dict[str, Any]) -> str:
             "Each row is a fresh process (`python -m bench.common bench.lens:memory_probe "
             "'{...}'`): load the model, run the fast path once; resident memory after loading "
             "(VmRSS) and the process's peak (VmHWM from /proc/self/status). `random` = random "
-            "Llama of width 640 (6 layers, vocabulary 32,768 unless shown). Working set = peak - "
-            "RSS after load (the lens' own copies of the unembedding included: a bf16 sorted "
-            "(d, V) copy plus float32 views).\n",
+            "Llama of width 640 (6 layers, vocabulary 32,768 unless shown). Every weight is "
+            "touched before the RSS after load is read (safetensors maps them lazily). Working "
+            "set = peak - RSS after load: the lens' own memory, its copies of the unembedding "
+            "included.\n",
             md_table(mem, cols),
+        ]
+    )
+
+
+def _weights_memory(res: dict[str, Any]) -> str:
+    rows = res.get("weights_memory")
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "\n### Where the lens' working set goes: preparing the unembedding\n",
+            "Each row a fresh process (`python -m bench.common bench.lens:weights_memory_probe "
+            "'{\"variant\": ...}'`), random Llama with Gemma 3's vocabulary and width: extra peak "
+            "memory and time of building the sorted bf16 (d, V) copy of U. `engine` is "
+            "`LensWeights.prepare` (a sorted float32 copy, then the conversion); `chunked` is a "
+            "prototype in bench/lens.py that fills the bf16 copy a block of 16,384 rows at a time. "
+            "Alternating, two runs each.\n",
+            md_table(rows),
         ]
     )
 
@@ -422,11 +441,23 @@ def render(res: dict[str, Any]) -> str:
         "them), so absolute times are noisy and only the ratios of neighbouring runs are the "
         "claim.\n",
         _machine(res),
+        "".join(
+            f"\nSections {', '.join(u['sections'])} were measured again by "
+            f"`{u.get('command', '')}` on {u['date']} (load average {u['machine']['loadavg']}).\n"
+            for u in res.get("updated_sections", [])
+        ),
         "\n## Matmul peak\n",
         f"`torch.mm` on 2048 x 2048 x 2048 matrices, best of 5 (interleaved): bf16 "
         f"**{_f(peak.get('bfloat16'))} GFLOP/s**, float32 **{_f(peak.get('float32'))} "
         "GFLOP/s**. Used as the denominator of every utilization figure below.\n",
     ]
-    parts = [_lens(res), _scaling(res), _memory(res), _train(res), _prepare(res), _findings(res)]
+    parts = [
+        _lens(res),
+        _scaling(res),
+        _memory(res) + _weights_memory(res),
+        _train(res),
+        _prepare(res),
+        _findings(res),
+    ]
     parts.append(GPU)
     return "\n".join(head + [p for p in parts if p])

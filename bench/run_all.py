@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.common import REPO, machine, quiet_openmp
 
-SECTIONS = ("peak", "lens", "scaling", "memory", "train", "prepare")
+SECTIONS = ("peak", "lens", "scaling", "memory", "weights_memory", "train", "prepare")
 
 
 def _sizes(quick: bool) -> dict[str, Any]:
@@ -41,6 +41,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
             modes=dict(preset="tiny", batch_size=4, steps=1, reps=1),
             growth=dict(rows=(("tiny", 4), ("tiny", 8)), steps=1),
             prepare=dict(data="wiki", max_docs=20, reps=1),
+            wmem=dict(vocab=32768),
         )
     return dict(
         lens=dict(num_seqs=4, seq_len=64, reps=2),
@@ -67,6 +68,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
         modes=dict(preset="cpu-small", batch_size=2, steps=2, reps=3),
         growth=dict(rows=(("tiny", 8), ("tiny", 32), ("cpu-small", 2), ("cpu-small", 8)), steps=2),
         prepare=dict(data="books", max_docs=300, reps=3),
+        wmem=dict(vocab=262144),
     )
 
 
@@ -77,6 +79,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev = args.device
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
     res: dict[str, Any] = {"machine_start": machine(dev), "sizes": sizes, "timing": {}}
+    if args.only and Path(args.json).is_file():  # update those sections of the last run
+        res = {**json.loads(Path(args.json).read_text(encoding="utf-8")), "sizes": sizes}
+        res.setdefault("timing", {})
+        res.setdefault("updated_sections", []).append(
+            {"sections": sorted(only), "machine": machine(dev), "date": time.ctime()}
+        )
 
     def section(name: str, fn) -> None:
         if name not in only:
@@ -121,6 +129,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     section("scaling", scaling_section)
     holder.clear()
     section("memory", lambda: lens.memory(sizes["memory"]) if dev == "cpu" else [])
+    section(
+        "weights_memory",
+        lambda: (
+            [
+                common.in_subprocess(
+                    "bench.lens:weights_memory_probe", {"variant": v, **sizes["wmem"]}
+                )
+                for v in ("engine", "chunked", "engine", "chunked")
+            ]
+            if dev == "cpu"
+            else []
+        ),
+    )
 
     def train_section() -> dict[str, Any]:
         t = sizes["train"]
@@ -178,10 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     res = run(args)
-    res["total_seconds"] = round(time.perf_counter() - t0, 1)
-    res["command"] = "python -m bench.run_all" + "".join(
+    cmd = "python -m bench.run_all" + "".join(
         f" {a}" for a in (argv if argv is not None else os.sys.argv[1:])
     )
+    if res.get("updated_sections") and args.only:
+        res["updated_sections"][-1].update(command=cmd, seconds=round(time.perf_counter() - t0, 1))
+    else:
+        res["total_seconds"] = round(time.perf_counter() - t0, 1)
+        res["command"] = cmd
     _dump(res, args.json)
     if not args.no_doc:
         from bench.report import render
