@@ -221,6 +221,60 @@ def count_executed(lm, tokens, **kw) -> dict[str, float]:
     }
 
 
+def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk: int = 16384):
+    """Per layer: the share of rows that scan the whole vocabulary (never retired early), the
+    share of the dense work executed, and the top-k match rates of that layer. Shows which
+    rows the |h| |U_v| bound cannot retire."""
+    import torch
+
+    from causalshift.lens import engine as E
+
+    n_layers = lm.num_layers + 1
+    n_chunks = len(E.LensWeights.prepare(lm, torch.bfloat16).chunks(vocab_chunk))
+    state = {"layer": -1, "chunk": 0}
+    first = [0] * n_layers
+    to_end = [0] * n_layers
+    work = [0] * n_layers
+    orig_layer, orig_count = E.layer_metrics, E._count_above_fn
+
+    def layer_wrap(*a, **k):
+        state["layer"] = (state["layer"] + 1) % n_layers
+        state["chunk"] = 0
+        return orig_layer(*a, **k)
+
+    def count_wrap(device):
+        fn = orig_count(device)
+
+        def counting(z, thresholds, own):
+            i = state["layer"]
+            first[i] += z.shape[0] if state["chunk"] == 0 else 0
+            work[i] += z.shape[0] * z.shape[1]
+            state["chunk"] += 1
+            to_end[i] += z.shape[0] if state["chunk"] == n_chunks else 0
+            return fn(z, thresholds, own)
+
+        return counting
+
+    E.layer_metrics, E._count_above_fn = layer_wrap, count_wrap
+    try:
+        run = E.run_lens(lm, tokens, topk=topk, vocab_chunk=vocab_chunk, progress=False)
+    finally:
+        E.layer_metrics, E._count_above_fn = orig_layer, orig_count
+    means, names = run_means(run), run.accumulator.names
+    k = max(topk)
+    vocab = lm.unembed.shape[0]
+    return [
+        {
+            "layer": i,
+            "rows_scanning_all_vocab": to_end[i] / first[i],
+            "work_executed": work[i] / (first[i] * vocab),
+            f"top{k}_input": float(means[i, names.index(f"top{k}_input")]),
+            f"top{k}_output": float(means[i, names.index(f"top{k}_output")]),
+        }
+        for i in range(n_layers)
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # The comparison
 

@@ -48,13 +48,16 @@ class PlainGPT(nn.Module):
             elif name.endswith("bias") and "ln" not in name:
                 nn.init.zeros_(p)
 
-    def forward(self, idx: Tensor, targets: Tensor) -> Tensor:
+    return_logits = False  # True: also return the logits, as causalshift's GPT.forward does
+
+    def forward(self, idx: Tensor, targets: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         T = idx.shape[1]
         x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
         for block in self.h:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return (logits, loss) if self.return_logits else loss
 
 
 class PlainTrainer:
@@ -74,9 +77,11 @@ class PlainTrainer:
         weight_decay=0.1,
         device="cpu",
         seed=1,
+        return_logits=False,
     ) -> None:
         torch.manual_seed(seed)
         self.model = PlainGPT(n_layer, n_head, n_embd, block_size, vocab).to(device)
+        self.model.return_logits = return_logits
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -91,6 +96,8 @@ class PlainTrainer:
         ctx = torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
         with ctx:
             loss = self.fwd(x, y)
+            if self.model.return_logits:
+                _, loss = loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()

@@ -170,6 +170,23 @@ def _scaling(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _retire(res: dict[str, Any]) -> str:
+    rows = res.get("retire")
+    if not rows:
+        return ""
+    n, T = (res.get("sizes") or {}).get("retire", ("?", "?"))
+    return "\n".join(
+        [
+            "\n### Which rows the pruning cannot retire\n",
+            f"Fast path on Gemma 3 270M, {n} x {T} tokens of `wiki`, instrumented (the engine's "
+            "per-layer function and count kernel wrapped; `bench.lens.retirement_by_layer`): per "
+            "layer, the share of rows that scanned the whole vocabulary, the share of the dense "
+            "work executed, and that layer's top-5 match rates.\n",
+            md_table(rows),
+        ]
+    )
+
+
 def _memory(res: dict[str, Any]) -> str:
     mem = res.get("memory")
     if not mem:
@@ -262,6 +279,25 @@ def _train(res: dict[str, Any]) -> str:
                     f"0.95; per block pair: "
                     f"{', '.join(f'{x:.3f}' for x in r['ratio_per_rep'])}).\n"
                 )
+    lg = res.get("train_logits")
+    if lg:
+        rows = [
+            {
+                "step": k,
+                "tokens/s relative to the loss-only plain step": v,
+                "runs (s per block)": ", ".join(f"{x:.2f}" for x in lg["seconds"][k]),
+            }
+            for k, v in lg["tokens_per_second_vs_plain"].items()
+        ]
+        out += [
+            "\n### Where the trainer's gap to the plain step comes from\n",
+            f"`bench.train.logits_output_cost` ({lg['preset']}, batch {lg['batch_size']}, "
+            f"compile, blocks of {lg['steps_per_block']} steps, {lg['reps']} rounds, "
+            "alternating): the plain step as above, the same plain step whose compiled forward "
+            "also returns the (B, T, V) logits (as `causalshift.gpt.GPT.forward` does), and the "
+            "trainer.\n",
+            md_table(rows),
+        ]
     m = t.get("modes")
     if m:
         rows = [
@@ -366,8 +402,14 @@ def _findings(res: dict[str, Any]) -> str:
         out.append(
             "- *Proposal (engine, lead)*: a tighter retirement bound. Rows retire when no later "
             "entry can beat the target, using |z_v| <= |h| |U_v| (cosine 1). Rows whose target "
-            "is really in the top-k never meet it and scan all 262k columns: they are probably "
-            f"most of the {_pct(frac)} executed (not broken down here). A bound per chunk "
+            "is really in the top-k never meet it and scan all 262k columns"
+            + (
+                " (measured: per layer, the share of rows scanning everything equals that "
+                "layer's top-5 input + output match rate; see the table above). "
+                if res.get("retire")
+                else ". "
+            )
+            + "A bound per chunk "
             "from a few centroids (z_v <= "
             "<h, c_j> + |h| r_j over the chunk's ball around c_j, chunks formed by clustering "
             "U instead of sorting by norm) or a low-rank split (U_v = P U_v + R_v with "
@@ -399,6 +441,21 @@ def _findings(res: dict[str, Any]) -> str:
                 f"{_f(wp)} s per `run_lens` call (sorting and a bf16 copy of the "
                 "262k x 640 unembedding)."
             )
+        wm = res.get("weights_memory") or []
+        by = {v: [r for r in wm if r["variant"] == v] for v in ("engine", "chunked")}
+        if by["engine"] and by["chunked"]:
+            e = min(r["extra_peak_mib"] for r in by["engine"])
+            c = min(r["extra_peak_mib"] for r in by["chunked"])
+            te = min(r["seconds"] for r in by["engine"])
+            tc = min(r["seconds"] for r in by["chunked"])
+            copy = by["engine"][0]["bf16_copy_mib"]
+            out.append(
+                "- *Proposal (memory)*: most of the lens' working set on a 262k vocabulary is "
+                f"`LensWeights.prepare`: {e:.0f} MiB extra peak for a {copy:.0f} "
+                "MiB bf16 copy (a sorted float32 copy of U is made first). Filling the bf16 copy "
+                f"a block of rows at a time (prototype `bench.lens.sorted_unembed_chunked`, "
+                f"identical result, tested) peaks at {c:.0f} MiB ({te:.2f} s vs {tc:.2f} s)."
+            )
         lay = (res.get("lens") or {}).get("layout")
         if lay:
             out.append(
@@ -418,6 +475,18 @@ def _findings(res: dict[str, Any]) -> str:
                 "read from a memmap, residual coefficients, per-step loss/grad-norm statistics "
                 "with one host sync, learning-rate update); it shows most on tiny models."
             )
+    lg = res.get("train_logits")
+    if lg:
+        r = lg["tokens_per_second_vs_plain"]
+        out.append(
+            "- *Why the trainer trails the plain step (compiled)*: returning the logits from "
+            "the compiled forward costs the plain step itself about as much "
+            f"(plain returning logits: {r['plain_returning_logits']:.3f}x, trainer: "
+            f"{r['trainer']:.3f}x the loss-only plain step in the same run). *Proposal "
+            "(model/trainer owners)*: a loss-only training forward (e.g. `GPT.forward(idx, "
+            "targets, return_logits=False)` used by `Trainer.train_step`), so inductor need not "
+            "write the bf16 (B, T, 50257) logits out."
+        )
     m = t.get("modes")
     if m:
         worst = max((v, k) for k, v in m["overhead_vs_none"].items())

@@ -17,7 +17,17 @@ from typing import Any
 
 from bench.common import REPO, machine, quiet_openmp
 
-SECTIONS = ("peak", "lens", "scaling", "memory", "weights_memory", "train", "prepare")
+SECTIONS = (
+    "peak",
+    "lens",
+    "scaling",
+    "retire",
+    "memory",
+    "weights_memory",
+    "train",
+    "train_logits",
+    "prepare",
+)
 
 
 def _sizes(quick: bool) -> dict[str, Any]:
@@ -42,6 +52,8 @@ def _sizes(quick: bool) -> dict[str, Any]:
             growth=dict(rows=(("tiny", 4), ("tiny", 8)), steps=1),
             prepare=dict(data="wiki", max_docs=20, reps=1),
             wmem=dict(vocab=32768),
+            retire=(1, 16),
+            logits=dict(preset="tiny", batch_size=4, steps=1, reps=1),
         )
     return dict(
         lens=dict(num_seqs=4, seq_len=64, reps=2),
@@ -69,6 +81,8 @@ def _sizes(quick: bool) -> dict[str, Any]:
         growth=dict(rows=(("tiny", 8), ("tiny", 32), ("cpu-small", 2), ("cpu-small", 8)), steps=2),
         prepare=dict(data="books", max_docs=300, reps=3),
         wmem=dict(vocab=262144),
+        retire=(2, 64),
+        logits=dict(preset="cpu-small", batch_size=4, steps=2, reps=4),
     )
 
 
@@ -127,6 +141,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return lens.scaling(lm, tokens, device=dev, **s)
 
     section("scaling", scaling_section)
+
+    def retire_section() -> list[dict[str, Any]]:
+        lm = holder.get("lm")
+        n, T = sizes["retire"]
+        if lm is None:
+            lm, tokens = lens.gemma_inputs(n, T, dev)
+        else:
+            from causalshift.corpus import token_sequences
+
+            tokens = token_sequences(lm.tokenizer, "wiki", n, T)
+        return lens.retirement_by_layer(lm, tokens)
+
+    section("retire", retire_section)
     holder.clear()
     section("memory", lambda: lens.memory(sizes["memory"]) if dev == "cpu" else [])
     section(
@@ -173,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return out
 
     section("train", train_section)
+    section("train_logits", lambda: train.logits_output_cost(device=dev, **sizes["logits"]))
     section("prepare", lambda: prepare.compare(**sizes["prepare"]))
     res["machine_end"] = machine(dev)
     return res

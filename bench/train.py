@@ -157,6 +157,57 @@ def compare(
     return out
 
 
+def logits_output_cost(
+    preset: str = "cpu-small",
+    *,
+    batch_size: int = 4,
+    steps: int = 2,
+    reps: int = 4,
+    device: str = "cpu",
+    compile: bool = True,
+) -> dict[str, Any]:
+    """Why the trainer trails the plain step: the same plain step with the compiled forward
+    also returning the (B, T, V) logits (as `causalshift.gpt.GPT.forward` does, so the
+    compiled graph must write them out), against the loss-only plain step and the trainer."""
+    import torch
+
+    from bench.nanogpt import PlainTrainer
+    from causalshift.train.loop import autocast_dtype
+
+    cfg = bench_config(
+        preset, device, batch_size=batch_size, grad_accum=1, batch_tokens=None, compile=compile
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = make_trainer(Path(tmp), cfg, device)
+        amp = autocast_dtype(cfg.dtype, ours.device)
+        shape = (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size)
+        plain = PlainTrainer(*shape, amp=amp, compile=compile, device=ours.device)
+        with_logits = PlainTrainer(
+            *shape, amp=amp, compile=compile, device=ours.device, return_logits=True
+        )
+        t = torch.randint(
+            0, 50257, (batch_size, cfg.block_size + 1), generator=torch.Generator().manual_seed(0)
+        )
+        batches = [(t[:, :-1].to(ours.device), t[:, 1:].to(ours.device))]
+        fns = {
+            "trainer": _ours_steps(ours, steps),
+            "plain_returning_logits": _plain_steps(with_logits, batches, steps),
+            "plain_loss_only": _plain_steps(plain, batches, steps),
+        }
+        for f in fns.values():
+            f()  # compile + warm-up
+        times, _ = alternate(fns, reps, device)
+    base = median(times["plain_loss_only"])
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "steps_per_block": steps,
+        "reps": reps,
+        "seconds": times,
+        "tokens_per_second_vs_plain": {k: base / median(v) for k, v in times.items()},
+    }
+
+
 def residual_modes(
     preset: str = "cpu-small",
     *,
