@@ -72,6 +72,7 @@ def machine(device: str = "cpu") -> dict[str, Any]:
         "device": device,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
+    info.update(provenance())
     try:
         import transformers
 
@@ -81,6 +82,38 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
+
+
+def provenance() -> dict[str, Any]:
+    """The git commit and whether the lens engine / trainer files differ from it (numbers
+    belong to the code they measured), plus a short hash of the engine file."""
+    import hashlib
+
+    out: dict[str, Any] = {}
+    try:
+        out["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.split("\n")
+        out["uncommitted_src"] = sorted(ln[3:] for ln in dirty if ln.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    engine = REPO / "src" / "causalshift" / "lens" / "engine.py"
+    if engine.is_file():
+        out["engine_sha256"] = hashlib.sha256(engine.read_bytes()).hexdigest()[:12]
+    return out
 
 
 def sync(device: str) -> None:

@@ -223,56 +223,60 @@ def count_executed(lm, tokens, **kw) -> dict[str, float]:
 
 def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk: int = 16384):
     """Per layer: the share of rows that scan the whole vocabulary (never retired early), the
-    share of the dense work executed, and the top-k match rates of that layer. Shows which
-    rows the |h| |U_v| bound cannot retire."""
+    share of the dense work executed, and the top-k match rates of that layer. Calls the
+    engine's `decode_ranks` once per layer with its count kernel wrapped (rows per chunk);
+    shows which rows the |h| |U_v| bound cannot retire."""
     import torch
 
     from causalshift.lens import engine as E
+    from causalshift.lens import metrics as M
 
-    n_layers = lm.num_layers + 1
-    n_chunks = len(E.LensWeights.prepare(lm, torch.bfloat16).chunks(vocab_chunk))
-    state = {"layer": -1, "chunk": 0}
-    first = [0] * n_layers
-    to_end = [0] * n_layers
-    work = [0] * n_layers
-    orig_layer, orig_count = E.layer_metrics, E._count_above_fn
-
-    def layer_wrap(*a, **k):
-        state["layer"] = (state["layer"] + 1) % n_layers
-        state["chunk"] = 0
-        return orig_layer(*a, **k)
+    weights = E.LensWeights.prepare(lm, torch.bfloat16)
+    n_chunks = len(weights.chunks(vocab_chunk))
+    k = max(topk)
+    s = M.first_position(tokens, lm.bos_token_id)
+    T = tokens.shape[1]
+    dev = weights.unembed_t.device
+    seen: list[int] = []
+    orig_count = E._count_above_fn
 
     def count_wrap(device):
         fn = orig_count(device)
 
         def counting(z, thresholds, own):
-            i = state["layer"]
-            first[i] += z.shape[0] if state["chunk"] == 0 else 0
-            work[i] += z.shape[0] * z.shape[1]
-            state["chunk"] += 1
-            to_end[i] += z.shape[0] if state["chunk"] == n_chunks else 0
+            seen.append(z.shape[0] * z.shape[1] if z.shape[0] else 0)
+            seen.append(-z.shape[0])  # rows in this chunk, marked negative
             return fn(z, thresholds, own)
 
         return counting
 
-    E.layer_metrics, E._count_above_fn = layer_wrap, count_wrap
+    rows = []
+    E._count_above_fn = count_wrap
     try:
-        run = E.run_lens(lm, tokens, topk=topk, vocab_chunk=vocab_chunk, progress=False)
+        with torch.inference_mode():
+            states = E.residual_stream(lm, tokens)
+            inp = tokens[:, s : T - 1].reshape(-1).to(dev)
+            out = tokens[:, s + 1 :].reshape(-1).to(dev)
+            for layer, h in enumerate(states):
+                hn = lm.norm(h[:, s : T - 1]).reshape(len(inp), -1).to(dev)
+                seen.clear()
+                r_in, r_out = E.decode_ranks(hn, weights, (inp, out), vocab_chunk, k)
+                work = sum(x for x in seen if x > 0)
+                chunk_rows = [-x for x in seen if x <= 0]
+                n = len(inp)
+                at_end = chunk_rows[-1] if len(chunk_rows) == n_chunks else 0
+                rows.append(
+                    {
+                        "layer": layer,
+                        "rows_scanning_all_vocab": at_end / n,
+                        "work_executed": work / (n * weights.vocab_size),
+                        f"top{k}_input": float((r_in < k).float().mean()),
+                        f"top{k}_output": float((r_out < k).float().mean()),
+                    }
+                )
     finally:
-        E.layer_metrics, E._count_above_fn = orig_layer, orig_count
-    means, names = run_means(run), run.accumulator.names
-    k = max(topk)
-    vocab = lm.unembed.shape[0]
-    return [
-        {
-            "layer": i,
-            "rows_scanning_all_vocab": to_end[i] / first[i],
-            "work_executed": work[i] / (first[i] * vocab),
-            f"top{k}_input": float(means[i, names.index(f"top{k}_input")]),
-            f"top{k}_output": float(means[i, names.index(f"top{k}_output")]),
-        }
-        for i in range(n_layers)
-    ]
+        E._count_above_fn = orig_count
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

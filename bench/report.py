@@ -30,12 +30,22 @@ def _machine(res: dict[str, Any]) -> str:
             f"{m0.get('torch')} / {m0.get('transformers', '-')} / {m0.get('python')}",
         ),
         ("device", str(m0.get("device", "-")) + (f" ({m0['gpu']})" if m0.get("gpu") else "")),
+        (
+            "code",
+            f"git {m0.get('git_commit', '?')}; uncommitted src files: "
+            f"{', '.join(m0.get('uncommitted_src', [])) or 'none'}; lens engine.py sha256 "
+            f"{m0.get('engine_sha256', '?')}",
+        ),
         ("load average (1, 5, 15 min) at start", m0.get("loadavg")),
         ("load average at end", m1.get("loadavg")),
         ("total benchmark time", f"{res.get('total_seconds', '-')} s"),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines) + "\n"
+
+
+def _peak_key(contender: str) -> str:
+    return "bfloat16" if contender == "ours_bf16" else "float32"
 
 
 def _lens(res: dict[str, Any]) -> str:
@@ -64,7 +74,9 @@ def _lens(res: dict[str, Any]) -> str:
                 "tokens/s": tps[k],
                 "x plain": med["plain"] / med[k] if "plain" in med else None,
                 "effective GFLOP/s": eff.get(k),
-                "of bf16 peak": _pct(eff[k] / peak["bfloat16"]) if k in eff and peak else "-",
+                "of its dtype's matmul peak": _pct(
+                    eff[k] / peak[_peak_key(k)] if k in eff and _peak_key(k) in peak else None
+                ),
             }
         )
     out = [
@@ -374,7 +386,7 @@ def _findings(res: dict[str, Any]) -> str:
     peak = res.get("peak") or {}
     g = (res.get("lens") or {}).get("gemma")
     if g and peak:
-        pb, pf = peak["bfloat16"], peak["float32"]
+        pb, pf = peak.get("bfloat16", float("nan")), peak.get("float32", float("nan"))
         frac = g.get("executed_fraction") or 1.0
         per_pos = g["lens_gflop_per_token"]
         ceiling = (pb / pf) / frac

@@ -178,3 +178,20 @@ def test_gemma2_shape_code_path_at_toy_size():
         peak={"bfloat16": 1.0},
     )
     assert set(res["tokens_per_second"]) == {"ours_bf16", "forward_only"}
+
+
+def test_retirement_by_layer(tiny_lm):
+    rows = lens.retirement_by_layer(tiny_lm, lens.random_tokens(2, 12, 512), vocab_chunk=128)
+    assert [r["layer"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert 0 <= r["rows_scanning_all_vocab"] <= r["work_executed"] + 1e-9 <= 1 + 1e-9
+
+
+def test_logits_output_cost_keys():
+    res = train.logits_output_cost("tiny", batch_size=2, steps=1, reps=1, compile=False)
+    assert set(res["tokens_per_second_vs_plain"]) == {
+        "trainer",
+        "plain_returning_logits",
+        "plain_loss_only",
+    }
+    assert res["tokens_per_second_vs_plain"]["plain_loss_only"] == 1.0
