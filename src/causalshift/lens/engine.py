@@ -2,8 +2,9 @@
 
 For each batch: one forward pass records the residual stream entering block 1 (layer 0) and
 after every block (layers 1..L) through hooks, stopping before the final norm and lm_head.
-Each layer is then normed, projected onto the vocabulary in column chunks (so no
-[layers x positions x V] tensor ever exists), and reduced at once to per-sequence sums.
+Every layer is normed, all layers' positions are projected onto the vocabulary together in
+column chunks (so no [layers x positions x V] tensor ever exists, and positions retire as
+soon as their top-k is decided), and reduced at once to per-sequence sums.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def decode_ranks(
     return list(ranks.unbind(1))
 
 
-def layer_metrics(
+def batch_metrics(
     hn: Tensor,
     inputs: Tensor,
     outputs: Tensor,
@@ -264,13 +265,22 @@ def layer_metrics(
     topk: tuple[int, ...],
     vocab_chunk: int,
 ) -> tuple[Tensor, Tensor]:
-    """All metrics of one layer for flattened positions.
+    """All metrics of every layer for flattened positions, decoded in one pass.
 
-    hn (N, d) normed states; inputs/outputs/randoms (N,) token ids.
-    Returns values (N, M) and a validity mask (N, M) (projection skips t_i == t_{i+1}).
+    hn (Lp, N, d) normed states of Lp layers; inputs/outputs/randoms (N,) token ids.
+    All layers go through one `decode_ranks` call: its chunk matmuls get Lp x more rows.
+    Returns values (Lp, N, M) and a validity mask (N, M) (projection skips t_i == t_{i+1}).
     """
-    rank_in, rank_out = decode_ranks(hn, weights, (inputs, outputs), vocab_chunk, max(topk))
-    a = weights.embed_f32[inputs]  # (N, d)
+    n_layers, n, d = hn.shape
+    ranks = decode_ranks(
+        hn.reshape(n_layers * n, d),
+        weights,
+        (inputs.repeat(n_layers), outputs.repeat(n_layers)),
+        vocab_chunk,
+        max(topk),
+    )
+    rank_in, rank_out = (r.reshape(n_layers, n) for r in ranks)
+    a = weights.embed_f32[inputs]  # (N, d), broadcast over layers
     b = weights.unembed_f32[outputs]  # (N, d)
     r = weights.embed_f32[randoms]
     h = hn.float()
@@ -278,8 +288,8 @@ def layer_metrics(
     for k in topk:
         cols += [M.topk_hits(rank_in, k), M.topk_hits(rank_out, k)]
     cols += [M.cosine(h, a), M.cosine(h, b), M.cosine(h, r), M.projection(h, a, b)]
-    values = torch.stack(cols, dim=1)  # (N, M)
-    valid = torch.ones_like(values, dtype=torch.bool)
+    values = torch.stack(cols, dim=-1)  # (Lp, N, M)
+    valid = torch.ones(values.shape[1:], dtype=torch.bool, device=values.device)
     valid[:, -1] = inputs != outputs
     return values, valid
 
@@ -345,15 +355,15 @@ def run_lens(
             n_b, n_p = inputs.shape
             flat = (inputs.reshape(-1), outputs.reshape(-1), randoms.reshape(-1))
             excluded += int((flat[0] == flat[1]).sum())
-            for layer, h in enumerate(states):
-                hn = lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device)
-                values, valid = layer_metrics(
-                    hn.reshape(n_b * n_p, -1), *flat, weights, topk, vocab_chunk
-                )
-                values = torch.where(valid, values, 0).reshape(n_b, n_p, -1)
-                acc.sums[idx, layer] += values.sum(1).double().cpu()
-                if layer == 0:
-                    acc.counts[idx] += valid.reshape(n_b, n_p, -1).sum(1).double().cpu()
+            hn = torch.stack(
+                [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
+            )  # (L+1, B, P, d)
+            values, valid = batch_metrics(
+                hn.reshape(len(states), n_b * n_p, -1), *flat, weights, topk, vocab_chunk
+            )
+            values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
+            acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)
+            acc.counts[idx] += valid.reshape(n_b, n_p, -1).sum(1).double().cpu()
             del states
             bar.update(batch.numel())
     bar.close()
