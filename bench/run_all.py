@@ -200,7 +200,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return out
 
     section("train", train_section)
-    section("train_logits", lambda: train.logits_output_cost(device=dev, **sizes["logits"]))
+    section(
+        "train_logits",
+        lambda: {
+            **train.logits_output_cost(device=dev, **sizes["logits"]),
+            "loop_overhead": train.loop_overhead(sizes["logits"]["preset"]),
+        },
+    )
     section("prepare", lambda: prepare.compare(**sizes["prepare"]))
     res["machine_end"] = machine(dev)
     return res
@@ -224,7 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(REPO / "bench" / "results.json"))
     p.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--no-doc", action="store_true", help="only write the JSON")
+    p.add_argument("--render-only", action="store_true", help="rewrite the doc from --json")
     args = p.parse_args(argv)
+    if args.render_only:
+        from bench.report import render
+
+        res = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        Path(args.doc).write_text(render(res), encoding="utf-8")
+        return 0
     t0 = time.perf_counter()
     res = run(args)
     cmd = "python -m bench.run_all" + "".join(

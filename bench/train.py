@@ -208,6 +208,31 @@ def logits_output_cost(
     }
 
 
+def loop_overhead(preset: str = "cpu-small", batch_size: int = 4, n: int = 200) -> dict:
+    """Milliseconds per step of the trainer's work around the model (sampler read + tensor
+    conversion, residual.begin_step, learning-rate update, the statistics sync), timed alone."""
+    import time
+
+    import torch
+
+    cfg = bench_config(
+        preset, "cpu", batch_size=batch_size, grad_accum=1, batch_tokens=None, compile=False
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = make_trainer(Path(tmp), cfg, "cpu")
+        t0 = time.perf_counter()
+        for i in range(n):
+            tr._to_device(tr.sampler.batch(i * batch_size, batch_size))
+        t1 = time.perf_counter()
+        for i in range(n):
+            tr.model.residual.begin_step(i, cfg.seed)
+            for group in tr.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * 0.5
+            torch.stack([torch.zeros(()), torch.zeros(()), torch.tensor(0.0)]).double().tolist()
+        t2 = time.perf_counter()
+    return {"sampler_ms": 1e3 * (t1 - t0) / n, "bookkeeping_ms": 1e3 * (t2 - t1) / n}
+
+
 def residual_modes(
     preset: str = "cpu-small",
     *,
