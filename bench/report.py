@@ -89,6 +89,8 @@ def _lens(res: dict[str, Any]) -> str:
         f"{g['reps']} times each in one process; times are wall seconds of the whole call "
         "(forward + lens + preparing the unembedding); tokens/s = tokens / median.\n",
         md_table(rows),
+        "\nEffective GFLOP/s count the whole (L+1) x 2 x d x V per position; the pruned "
+        "paths skip most of it, so they can exceed the matmul peak.\n",
         f"\n**Speedup of the fast path over the plain implementation: "
         f"{_f(g.get('speedup_bf16_vs_plain'))}x** (per repetition, each pair run back to back: "
         f"{', '.join(f'{x:.2f}' for x in g.get('speedup_bf16_vs_plain_per_rep', []))}); "
@@ -412,8 +414,8 @@ def _findings(res: dict[str, Any]) -> str:
         out.append(
             "- The fast path executes its matmuls at "
             f"{_pct(g.get('executed_fraction_of_bf16_peak'))} "
-            "of the bf16 peak (over the whole call): the work left after pruning is many small "
-            "row-gathered chunk products plus the count kernel and index/gather traffic. A "
+            "of the bf16 peak over the whole call (forward, weight preparation, count kernel "
+            "and gathers included). A "
             f"dense bf16 projection at the measured peak would need {per_pos / pb * 1e3:.0f} ms "
             f"per position, the fast path took {ms_pos:.0f} ms."
         )
@@ -538,7 +540,10 @@ def render(res: dict[str, Any]) -> str:
         _machine(res),
         "".join(
             f"\nSections {', '.join(u['sections'])} were measured again by "
-            f"`{u.get('command', '')}` on {u['date']} (load average {u['machine']['loadavg']}).\n"
+            f"`{u.get('command', '')}` on {u['date']} (load average {u['machine']['loadavg']}; "
+            f"git {u['machine'].get('git_commit', '?')}, uncommitted src: "
+            f"{', '.join(u['machine'].get('uncommitted_src') or []) or 'none'}, lens engine.py "
+            f"sha256 {u['machine'].get('engine_sha256', '?')}).\n"
             for u in res.get("updated_sections", [])
         ),
         "\n## Matmul peak\n",
