@@ -93,8 +93,8 @@ def test_nonfinite_loss_stops_and_keeps_checkpoint(
     forward = GPT.forward
     calls = {"train": 0}
 
-    def poisoned(self, idx, targets=None):
-        logits, loss = forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, **kwargs):
+        logits, loss = forward(self, idx, targets, **kwargs)
         if self.training:
             calls["train"] += 1
             if calls["train"] > 5:  # from step 6 on (one micro-batch per step)

@@ -336,7 +336,7 @@ class Trainer:
             tokens = np.stack([self.val.read(int(s), T + 1) for s in starts])
             x, y = self._to_device(tokens)
             with self._autocast():
-                _, loss = self.eval_model(x, y)
+                _, loss = self.eval_model(x, y, return_logits=False)
             total += loss.double()
         D.all_reduce_sum(total)
         self.model.train()
@@ -366,7 +366,7 @@ class Trainer:
             sync = self.ddp is not None and micro < self.accum - 1
             with self.ddp.no_sync() if sync else contextlib.nullcontext():
                 with self._autocast():
-                    _, loss = self.fwd(x, y)
+                    _, loss = self.fwd(x, y, return_logits=False)
                 (loss / self.accum).backward()
             loss_sum += loss.detach().float()
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
