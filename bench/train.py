@@ -166,9 +166,9 @@ def logits_output_cost(
     device: str = "cpu",
     compile: bool = True,
 ) -> dict[str, Any]:
-    """Why the trainer trails the plain step: the same plain step with the compiled forward
-    also returning the (B, T, V) logits (as `causalshift.gpt.GPT.forward` does, so the
-    compiled graph must write them out), against the loss-only plain step and the trainer."""
+    """What returning the logits costs: the same plain step with the compiled forward also
+    returning the (B, T, V) logits (as `causalshift.gpt.GPT.forward` does unless the trainer's
+    `return_logits=False`), against the loss-only plain step and the trainer."""
     import torch
 
     from bench.nanogpt import PlainTrainer
