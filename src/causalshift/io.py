@@ -41,3 +41,38 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write `obj` as indented JSON to `path` atomically."""
     return write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def read_jsonl_records(path: str | os.PathLike, key: str = "step") -> list[dict[str, Any]]:
+    """The JSON objects with `key` in a .jsonl file such as metrics.jsonl.
+
+    A missing file gives []; a partial last line (from a kill) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and key in rec:
+            records.append(rec)
+    return records
+
+
+def read_json_object(path: str | os.PathLike, what: str = "") -> dict[str, Any]:
+    """A JSON file holding an object; anything else is a UserError naming `what` and path."""
+    from causalshift.errors import UserError
+
+    path = Path(path)
+    name = f"{what} {path}".strip()
+    if not path.is_file():
+        raise UserError(f"{name} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{name} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{name} must hold a JSON object")
+    return data

@@ -20,7 +20,7 @@ from torch import Tensor
 from causalshift.errors import UserError
 from causalshift.gpt.config import GPTConfig, ResidualConfig
 from causalshift.gpt.model import GPT
-from causalshift.io import atomic_write
+from causalshift.io import atomic_write, read_json_object
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -98,15 +98,7 @@ def _load_state(model: GPT, state: dict[str, Tensor], source: Path) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return data
+    return read_json_object(path)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

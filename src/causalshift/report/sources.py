@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from causalshift.errors import UserError
+from causalshift.io import read_jsonl_records
 
 RESULTS = "results.json"  # causalshift analyze
 SWEEP = "sweep.json"  # causalshift sweep
@@ -75,15 +76,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl; a partial last line (from a kill) is skipped."""
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            records.append(rec)
-    return records
+    return read_jsonl_records(path)
 
 
 def run_info(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -8,13 +8,13 @@ line. A run directory's `config.json` holds the resolved TrainConfig plus the mo
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from causalshift.config import option
 from causalshift.errors import UserError
+from causalshift.io import read_json_object
 
 PRESET_NAMES = ("tiny", "cpu-small", "gpt2-124m")
 DTYPES = ("auto", "float32", "bfloat16")
@@ -213,13 +213,4 @@ def preset(name: str) -> TrainConfig:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A `--config FILE`: a JSON object of TrainConfig fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a JSON object")
-    return data
+    return read_json_object(path, "config file")

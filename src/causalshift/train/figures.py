@@ -8,29 +8,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from causalshift.io import atomic_write
+from causalshift.io import atomic_write, read_jsonl_records
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl (a partial last line, from a kill, is skipped)."""
-    records = []
-    path = Path(path)
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            records.append(rec)
-    return records
+    return read_jsonl_records(path)
 
 
 def _pyplot():
