@@ -50,10 +50,13 @@ def make_trainer(root: Path, cfg, device: str = "cpu", name: str = "run"):
 def bench_config(
     preset: str = "cpu-small", device: str = "cpu", **overrides: Any
 ):  # -> TrainConfig
-    """The preset with benchmark-friendly overrides (no eval during the timed steps)."""
+    """The preset with benchmark-friendly overrides: no eval during the timed steps, and one
+    micro-step per optimizer step (grad_accum 1, no batch_tokens) unless overridden."""
     from causalshift.train.config import preset as get_preset
 
-    cfg = get_preset(preset).replace(device=device, eval_iters=1, data="")
+    cfg = get_preset(preset).replace(
+        device=device, eval_iters=1, data="", grad_accum=1, batch_tokens=None
+    )
     return cfg.replace(**overrides)
 
 
@@ -99,8 +102,6 @@ def compare(
         preset,
         device,
         batch_size=batch_size,
-        grad_accum=1,
-        batch_tokens=None,
         compile=compile,
         dtype=dtype,
         **overrides,
@@ -174,9 +175,7 @@ def logits_output_cost(
     from bench.nanogpt import PlainTrainer
     from causalshift.train.loop import autocast_dtype
 
-    cfg = bench_config(
-        preset, device, batch_size=batch_size, grad_accum=1, batch_tokens=None, compile=compile
-    )
+    cfg = bench_config(preset, device, batch_size=batch_size, compile=compile)
     with tempfile.TemporaryDirectory() as tmp:
         ours = make_trainer(Path(tmp), cfg, device)
         amp = autocast_dtype(cfg.dtype, ours.device)
@@ -215,9 +214,7 @@ def loop_overhead(preset: str = "cpu-small", batch_size: int = 4, n: int = 200) 
 
     import torch
 
-    cfg = bench_config(
-        preset, "cpu", batch_size=batch_size, grad_accum=1, batch_tokens=None, compile=False
-    )
+    cfg = bench_config(preset, "cpu", batch_size=batch_size, compile=False)
     with tempfile.TemporaryDirectory() as tmp:
         tr = make_trainer(Path(tmp), cfg, "cpu")
         t0 = time.perf_counter()
@@ -254,8 +251,6 @@ def residual_modes(
                 preset,
                 device,
                 batch_size=batch_size,
-                grad_accum=1,
-                batch_tokens=None,
                 compile=compile,
                 residual=mode,
                 **extra,
@@ -298,8 +293,6 @@ def trainer_throughput(
         preset,
         device,
         batch_size=batch_size,
-        grad_accum=1,
-        batch_tokens=None,
         compile=compile,
         dtype=dtype,
     )
