@@ -231,6 +231,16 @@ def _call_from_argv(argv: list[str]) -> None:
 # Markdown
 
 
+def emit(res: dict[str, Any], out: str | None = None) -> None:
+    """Print a benchmark's result as JSON, and write it to `out` (atomically) when given."""
+    text = json.dumps(res, indent=1)
+    if out:
+        from causalshift.io import write_text
+
+        write_text(out, text + "\n")
+    print(text)
+
+
 def md_table(rows: list[dict[str, Any]], cols: list[str] | None = None) -> str:
     """A GitHub markdown table of `rows` (floats shown with 3-4 significant digits)."""
     if not rows:

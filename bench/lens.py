@@ -16,12 +16,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 from bench.common import (
     alternate,
+    emit,
     in_subprocess,
     machine,
     matmul_peak,
@@ -672,12 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             lm, tokens, reps=args.reps, batch_size=args.batch_size, device=args.device, peak=peak
         )
     res["machine"] = machine(args.device)
-    text = json.dumps(res, indent=1)
-    if args.out:
-        from causalshift.io import write_text
-
-        write_text(args.out, text + "\n")
-    print(text)
+    emit(res, args.out)
     return 0
 
 

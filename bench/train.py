@@ -16,12 +16,11 @@ Logging, validation and checkpoints are outside the timed step, as in the traine
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import alternate, machine, matmul_peak, median, quiet_openmp
+from bench.common import alternate, emit, machine, matmul_peak, median, quiet_openmp
 
 
 def _data_dir(root: Path, block_size: int, seed: int = 0) -> Path:
@@ -358,12 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             args.preset, batch_size=args.batch_size, device=args.device, compile=args.compile
         )
     res["machine"] = machine(args.device)
-    text = json.dumps(res, indent=1)
-    if args.out:
-        from causalshift.io import write_text
-
-        write_text(args.out, text + "\n")
-    print(text)
+    emit(res, args.out)
     return 0
 
 
