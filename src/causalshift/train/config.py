@@ -20,6 +20,10 @@ PRESET_NAMES = ("tiny", "cpu-small", "gpt2-124m")
 DTYPES = ("auto", "float32", "bfloat16")
 
 
+# TrainConfig fields that are GPTConfig fields of the same name (the model's shape).
+MODEL_SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (the model shape included)."""
@@ -129,16 +133,7 @@ class TrainConfig:
         residual = ResidualConfig(
             mode=self.residual, cut_layer=self.cut_layer, alpha=self.alpha, tau=self.tau
         )
-        return GPTConfig(
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            block_size=self.block_size,
-            vocab_size=self.vocab_size,
-            dropout=self.dropout,
-            bias=self.bias,
-            residual=residual,
-        )
+        return GPTConfig(**{f: getattr(self, f) for f in MODEL_SHAPE_FIELDS}, residual=residual)
 
     def grad_accum_for(self, world_size: int) -> int:
         """Micro-steps per optimizer step for `world_size` processes (checks divisibility)."""
@@ -180,15 +175,7 @@ def preset(name: str) -> TrainConfig:
     if name not in PRESET_NAMES:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)}")
     m = model_preset(name)
-    shape = dict(
-        n_layer=m.n_layer,
-        n_head=m.n_head,
-        n_embd=m.n_embd,
-        block_size=m.block_size,
-        vocab_size=m.vocab_size,
-        dropout=m.dropout,
-        bias=m.bias,
-    )
+    shape = {f: getattr(m, f) for f in MODEL_SHAPE_FIELDS}
     if name == "tiny":  # tests: a few seconds on a CPU
         return TrainConfig(
             preset=name, **shape, batch_size=8, grad_accum=1, max_steps=20, lr=3e-3,
