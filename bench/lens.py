@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from bench.common import (
@@ -188,94 +190,81 @@ def run_means(run) -> Any:
 # Counting what the pruned path multiplies
 
 
+@contextmanager
+def counting_screen_matmuls() -> Iterator[list[tuple[int, int]]]:
+    """Record (rows, columns) of every screen matmul the engine runs, while in the block."""
+    from causalshift.lens.screen import Screen
+
+    seen: list[tuple[int, int]] = []
+    original = Screen.matmul
+
+    def counting(self, rows, chunk):
+        out = original(self, rows, chunk)
+        seen.append((out.shape[0], out.shape[1]))
+        return out
+
+    Screen.matmul = counting
+    try:
+        yield seen
+    finally:
+        Screen.matmul = original
+
+
 def count_executed(lm, tokens, **kw) -> dict[str, float]:
-    """Run the fast path once with the engine's count kernel wrapped: every chunk's logits
-    (rows x columns) pass through it, so the sum is the matmul work actually done."""
+    """Run the fast path once counting the screen matmuls: the matmul work actually done."""
     from causalshift.lens import engine as E
 
-    seen = {"row_cols": 0, "chunks": 0}
-    original = E._count_above_fn
-
-    def wrapped(device):
-        fn = original(device)
-
-        def counting(z, thresholds, own):
-            seen["row_cols"] += z.shape[0] * z.shape[1]
-            seen["chunks"] += 1
-            return fn(z, thresholds, own)
-
-        return counting
-
-    E._count_above_fn = wrapped
-    try:
+    with counting_screen_matmuls() as seen:
         run = E.run_lens(lm, tokens, progress=False, **kw)
-    finally:
-        E._count_above_fn = original
     d, vocab = lm.unembed.shape[1], lm.unembed.shape[0]
     full = (lm.num_layers + 1) * run.num_positions * vocab
+    row_cols = sum(r * c for r, c in seen)
     return {
-        "executed_flops": 2.0 * d * seen["row_cols"],
+        "executed_flops": 2.0 * d * row_cols,
         "effective_flops": 2.0 * d * full,
-        "executed_fraction": seen["row_cols"] / full,
-        "chunk_matmuls": seen["chunks"],
+        "executed_fraction": row_cols / full,
+        "chunk_matmuls": len(seen),
     }
 
 
 def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk: int = 16384):
     """Per layer: the share of rows that scan the whole vocabulary (never retired early), the
     share of the dense work executed, and the top-k match rates of that layer. Calls the
-    engine's `decode_ranks` once per layer with its count kernel wrapped (rows per chunk);
-    shows which rows the |h| |U_v| bound cannot retire."""
+    engine's `decode_ranks` once per layer (vocabulary ordered as `run_lens` orders it),
+    counting its screen matmuls; shows which rows the pruning cannot retire."""
     import torch
 
     from causalshift.lens import engine as E
     from causalshift.lens import metrics as M
 
-    weights = E.LensWeights.prepare(lm, torch.bfloat16)
-    n_chunks = len(weights.chunks(vocab_chunk))
+    ids, counts = torch.unique(tokens, return_counts=True)
+    first = ids[torch.argsort(counts, descending=True, stable=True)]
+    weights = E.LensWeights.prepare(lm, torch.bfloat16, vocab_chunk, first=first)
+    n_chunks = len(weights.chunks)
     k = max(topk)
     s = M.first_position(tokens, lm.bos_token_id)
     T = tokens.shape[1]
-    dev = weights.unembed_t.device
-    seen: list[int] = []
-    orig_count = E._count_above_fn
-
-    def count_wrap(device):
-        fn = orig_count(device)
-
-        def counting(z, thresholds, own):
-            seen.append(z.shape[0] * z.shape[1] if z.shape[0] else 0)
-            seen.append(-z.shape[0])  # rows in this chunk, marked negative
-            return fn(z, thresholds, own)
-
-        return counting
-
+    dev = weights.unembed_f32.device
     rows = []
-    E._count_above_fn = count_wrap
-    try:
-        with torch.inference_mode():
-            states = E.residual_stream(lm, tokens)
-            inp = tokens[:, s : T - 1].reshape(-1).to(dev)
-            out = tokens[:, s + 1 :].reshape(-1).to(dev)
-            for layer, h in enumerate(states):
-                hn = lm.norm(h[:, s : T - 1]).reshape(len(inp), -1).to(dev)
-                seen.clear()
-                r_in, r_out = E.decode_ranks(hn, weights, (inp, out), vocab_chunk, k)
-                work = sum(x for x in seen if x > 0)
-                chunk_rows = [-x for x in seen if x <= 0]
-                n = len(inp)
-                at_end = chunk_rows[-1] if len(chunk_rows) == n_chunks else 0
-                rows.append(
-                    {
-                        "layer": layer,
-                        "rows_scanning_all_vocab": at_end / n,
-                        "work_executed": work / (n * weights.vocab_size),
-                        f"top{k}_input": float((r_in < k).float().mean()),
-                        f"top{k}_output": float((r_out < k).float().mean()),
-                    }
-                )
-    finally:
-        E._count_above_fn = orig_count
+    with torch.inference_mode(), counting_screen_matmuls() as seen:
+        states = E.residual_stream(lm, tokens)
+        inp = tokens[:, s : T - 1].reshape(-1).to(dev)
+        out = tokens[:, s + 1 :].reshape(-1).to(dev)
+        for layer, h in enumerate(states):
+            hn = lm.norm(h[:, s : T - 1]).reshape(len(inp), -1).to(dev)
+            seen.clear()
+            r_in, r_out = E.decode_ranks(hn, weights, (inp, out), k)
+            n = len(inp)
+            at_end = seen[-1][0] if len(seen) == n_chunks else 0
+            rows.append(
+                {
+                    "layer": layer,
+                    "rows_scanning_all_vocab": at_end / n,
+                    "work_executed": sum(r * c for r, c in seen) / (n * weights.vocab_size),
+                    f"top{k}_input": float((r_in < k).float().mean()),
+                    f"top{k}_output": float((r_out < k).float().mean()),
+                }
+            )
     return rows
 
 
@@ -555,26 +544,9 @@ def _touch(lm) -> None:
             p.sum()
 
 
-def sorted_unembed_chunked(u, dtype=None, block: int = 16384):
-    """Prototype: U^T (d, V) with columns sorted by decreasing |U_v|, in `dtype` (bf16),
-    built a block of rows at a time (no full-size float32 temporary). Same result as
-    `LensWeights.prepare(...).unembed_t`."""
-    import torch
-
-    dtype = dtype or torch.bfloat16
-    with torch.inference_mode():
-        u = u.detach()
-        order = torch.argsort(u.float().norm(dim=1), descending=True)
-        u_t = torch.empty(u.shape[1], u.shape[0], dtype=dtype, device=u.device)
-        for c in range(0, u.shape[0], block):
-            u_t[:, c : c + block] = u[order[c : c + block]].float().T.to(dtype)
-    return u_t
-
-
-def weights_memory_probe(variant: str = "engine", vocab: int = 262144, hidden: int = 640):
-    """Peak memory and time of preparing the lens' sorted bf16 unembedding (fresh process):
-    `engine` = `LensWeights.prepare` (gathers a sorted float32 copy of U, then converts);
-    `chunked` = a prototype that fills the (d, V) bf16 copy a block of rows at a time."""
+def weights_memory_probe(vocab: int = 262144, hidden: int = 640) -> dict[str, Any]:
+    """Peak memory and time of `LensWeights.prepare` (ordering the vocabulary, the screen's
+    bf16 copy of U built a chunk at a time), in a fresh process."""
     quiet_openmp()
     import torch
 
@@ -584,19 +556,14 @@ def weights_memory_probe(variant: str = "engine", vocab: int = 262144, hidden: i
     _touch(lm)
     base = vm_status()
     t0 = time.perf_counter()
-    if variant == "engine":
-        w = LensWeights.prepare(lm, torch.bfloat16)
-        u_t = w.unembed_t
-    else:
-        u_t = sorted_unembed_chunked(lm.unembed)
+    w = LensWeights.prepare(lm, torch.bfloat16)
     seconds = time.perf_counter() - t0
     peak = vm_status()
     mib = 1 / 2**20
     return {
-        "variant": variant,
         "vocab": vocab,
         "d_model": hidden,
-        "bf16_copy_mib": u_t.numel() * 2 * mib,
+        "bf16_copy_mib": sum(c.weight.numel() for c in w.chunks) * 2 * mib,
         "extra_peak_mib": (peak.get("VmHWM", 0) - base.get("VmRSS", 0)) * mib,
         "seconds": seconds,
     }

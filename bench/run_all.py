@@ -160,10 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "weights_memory",
         lambda: (
             [
-                common.in_subprocess(
-                    "bench.lens:weights_memory_probe", {"variant": v, **sizes["wmem"]}
-                )
-                for v in ("engine", "chunked", "engine", "chunked")
+                common.in_subprocess("bench.lens:weights_memory_probe", sizes["wmem"])
+                for _ in range(2)
             ]
             if dev == "cpu"
             else []

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from causalshift.lens import metrics as M
 from causalshift.lens.models import LensModel
+from causalshift.lens.screen import Screen, ScreenChunk, default_screen_dtype
 
 COSINE_METRICS = ("cos_input", "cos_output", "cos_random", "projection")
 
@@ -115,69 +116,103 @@ def residual_stream(lm: LensModel, input_ids: Tensor) -> list[Tensor]:
 
 @dataclass
 class LensWeights:
-    """The matrices of one model prepared once for the lens (compute dtype, one device).
+    """The matrices of one model prepared once for the lens (one device).
 
-    The vocabulary is reordered by decreasing |U_v|: large logits come early, and the norm of
-    the first entry of a chunk bounds every logit from there on (see `decode_ranks`).
+    The vocabulary is reordered (see `prepare`): frequent tokens of the text first, then by
+    decreasing |U_v|, so that large logits come early and the largest |U_v| of the columns
+    left bounds every logit from there on (see `decode_ranks`). The ordered vocabulary is cut
+    into chunks prepared for the screen matmul (bf16 or float32).
     """
 
-    unembed_t: Tensor  # (d, V) U^T in sorted order, contiguous, in the lens compute dtype
-    unembed_bias: Tensor | None  # (V,) sorted order, compute dtype
+    screen: Screen
+    chunks: list[ScreenChunk]  # the sorted vocabulary in column ranges, small ones first
+    order: Tensor  # (V,) sorted column -> token id
     position: Tensor  # (V,) token id -> column in the sorted order
-    norm_from: Tensor  # (V+1,) float32: max |U_v| over sorted columns c.. (0 at the end)
+    norm_from: Tensor  # (V+1,) float32: max |U_v| over ordered columns c.. (0 at the end)
+    bias: Tensor | None  # (V,) float32 bias in token order
+    bias_sorted: Tensor | None  # (V,) float32 bias in sorted order
     bias_from: Tensor | None  # (V+1,) float32: max bias over sorted columns c..
     embed_f32: Tensor  # (V, d) float32 W_E for input-side cosines (token order)
     unembed_f32: Tensor  # (V, d) float32 U for target logits and output cosines (token order)
 
     @classmethod
-    def prepare(cls, lm: LensModel, compute_dtype: torch.dtype) -> LensWeights:
+    def prepare(
+        cls,
+        lm: LensModel,
+        compute_dtype: torch.dtype,
+        vocab_chunk: int = 16384,
+        first: Tensor | None = None,
+    ) -> LensWeights:
+        """Order the vocabulary and prepare the screen's copy of U a chunk at a time.
+
+        Order: the token ids `first` (in the given order), then the rest by decreasing |U_v|.
+        `run_lens` passes the analyzed text's tokens, most frequent first: they are likely to
+        have high logits, so rows whose target is not in the top-k meet max_rank entries
+        above it sooner. Any order gives the same ranks.
+        """
+        screen = Screen(compute_dtype, lm.unembed.device)
         u32 = lm.unembed.detach().float()
         e32 = u32 if lm.tied_embeddings else lm.embed.detach().float().to(u32.device)
         norms = u32.norm(dim=1)
         order = torch.argsort(norms, descending=True)
+        if first is not None and len(first):
+            first = first.to(order.device)
+            rest = torch.ones(len(order), dtype=torch.bool, device=order.device)
+            rest[first] = False
+            order = torch.cat([first, order[rest[order]]])
         position = torch.empty_like(order)
         position[order] = torch.arange(len(order), device=order.device)
-        norm_from = torch.cat([norms[order], norms.new_zeros(1)])
-        bias = bias_from = None
+        rev = torch.cummax(norms[order].flip(0), dim=0).values.flip(0)
+        norm_from = torch.cat([rev, norms.new_zeros(1)])
+        bias = bias_sorted = bias_from = None
         if lm.unembed_bias is not None:
-            b32 = lm.unembed_bias.detach().float()[order]
-            bias = b32.to(compute_dtype)
-            rev_max = torch.cummax(b32.flip(0), dim=0).values.flip(0)
+            bias = lm.unembed_bias.detach().float()
+            bias_sorted = bias[order]
+            rev_max = torch.cummax(bias_sorted.flip(0), dim=0).values.flip(0)
             bias_from = torch.cat([rev_max, rev_max.new_full((1,), -torch.inf)])
-        u_t = u32[order].T.to(compute_dtype).contiguous()
-        return cls(u_t, bias, position, norm_from, bias_from, e32, u32)
+        chunks = [
+            screen.prepare_chunk(u32[order[c0:c1]], c0, c1)
+            for c0, c1 in chunk_bounds(len(order), vocab_chunk)
+        ]
+        return cls(
+            screen, chunks, order, position, norm_from, bias, bias_sorted, bias_from, e32, u32
+        )
 
     @property
     def vocab_size(self) -> int:
-        return self.unembed_t.shape[1]
-
-    def chunks(self, vocab_chunk: int) -> list[tuple[int, int]]:
-        """Column ranges: small first (most rows are decided there), growing to vocab_chunk."""
-        bounds, c0, size = [], 0, max(1, vocab_chunk // 16)
-        while c0 < self.vocab_size:
-            bounds.append((c0, min(c0 + size, self.vocab_size)))
-            c0, size = c0 + size, min(2 * size, vocab_chunk)
-        return bounds
+        return len(self.order)
 
 
-def round_down(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """The largest value of `dtype` that is <= x (float32 in, `dtype` out).
-
-    For z in `dtype`, (z > x) == (z > round_down(x)): no value of `dtype` lies strictly
-    between them. This keeps the comparison exact while running it in bf16.
-    """
-    if dtype == x.dtype:
-        return x
-    y = x.to(dtype)
-    return torch.where(y.float() > x, torch.nextafter(y, torch.full_like(y, -torch.inf)), y)
+def chunk_bounds(vocab_size: int, vocab_chunk: int) -> list[tuple[int, int]]:
+    """Column ranges: small first (most rows are decided there), growing to vocab_chunk."""
+    bounds, c0, size = [], 0, max(1, vocab_chunk // 16)
+    while c0 < vocab_size:
+        bounds.append((c0, min(c0 + size, vocab_size)))
+        c0, size = c0 + size, min(2 * size, vocab_chunk)
+    return bounds
 
 
-def count_above(z: Tensor, thresholds: Tensor, own: Tensor) -> Tensor:
-    """For each row and target j: how many columns of z (n, Vc) exceed thresholds (n, J),
-    not counting column own (n, J) (the target itself; out-of-range indices match nothing).
+def count_above(
+    z: Tensor,
+    base: Tensor,
+    coef_norm: Tensor,
+    coef_err: Tensor,
+    col_norm: Tensor,
+    col_err: Tensor,
+    own: Tensor,
+) -> Tensor:
+    """For each row and threshold j: how many columns v of z (n, Vc) exceed
+    base[:, j] + coef_norm[:, j] col_norm[v] + coef_err[:, j] col_err[v] (see
+    `screen.thresholds`), not counting column own (n, J) (the target itself; out-of-range
+    indices match nothing). Compared in float32 (z may be bf16). Returns (n, J).
     """
     cols = torch.arange(z.shape[1], device=z.device)
-    above = (z[:, None, :] > thresholds[:, :, None]) & (cols != own[:, :, None])  # (n, J, Vc)
+    threshold = (
+        base[:, :, None]
+        + coef_norm[:, :, None] * col_norm[None, None, :]
+        + coef_err[:, :, None] * col_err[None, None, :]
+    )  # (n, J, Vc)
+    above = (z.float()[:, None, :] > threshold) & (cols != own[:, :, None])
     return above.sum(-1)
 
 
@@ -196,64 +231,130 @@ def _count_above_fn(device: torch.device):
     if _compiled_count_above is None:
         try:
             fn = torch.compile(count_above, dynamic=True)
-            z = torch.zeros(3, 5, dtype=torch.bfloat16)
-            fn(z, torch.zeros(3, 2, dtype=torch.bfloat16), torch.zeros(3, 2, dtype=torch.long))
+            z, t, c = torch.zeros(3, 5, dtype=torch.bfloat16), torch.zeros(3, 4), torch.zeros(5)
+            fn(z, t, t, t, c, c, torch.zeros(3, 4, dtype=torch.long))
             _compiled_count_above = fn
         except Exception:  # noqa: BLE001 - any compiler failure falls back to eager
             _compiled_count_above = count_above
     return _compiled_count_above
 
 
-# bf16 logits differ from the exact ones by well under 1% of |h| |U_v|; the bound that
-# retires a row is widened by this factor so rounding can never beat it.
-BOUND_MARGIN = 1.03
+# Float32 logits can exceed |h| |U_v| by the rounding of a d-term dot product (d 2^-24
+# relative): the bound that retires a row is widened by this factor.
+RETIRE_MARGIN = 1.001
+# Exact re-scoring of candidate entries is done this many (row, entry) pairs at a time.
+RESCORE_BLOCK = 32768
 
 
 def decode_ranks(
     hn: Tensor,
     weights: LensWeights,
     targets: tuple[Tensor, ...],
-    vocab_chunk: int,
     max_rank: int,
 ) -> list[Tensor]:
-    """Ranks of each target set under the lens logits of normed states hn (N, d), capped at
-    max_rank: a returned value r < max_rank is the exact rank, max_rank means "max_rank or more".
+    """Ranks of each target set under the float32 lens logits of normed states hn (N, d),
+    capped at max_rank: r < max_rank is the exact rank, max_rank means "max_rank or more".
 
-    rank = number of vocabulary entries whose logit is strictly larger than the target's.
-    The target's logit is a float32 dot product; the vocabulary's logits are computed a chunk
-    of columns at a time in the compute dtype (bf16 on the fast path) and compared against it
-    rounded down to that dtype (exact, see `round_down`); the target's own column is skipped.
-    A row is retired once every target is decided: max_rank entries already beat it, or no
-    later entry can (|z_v| <= |h| |U_v|, and the vocabulary is sorted by |U_v|). Top-k needs
-    nothing more, and most rows retire within the first chunks.
+    rank = number of vocabulary entries whose logit is strictly larger than the target's,
+    the target's own column not counted; logits are float32 dot products h . U_v (+ bias).
+
+    Chunk by chunk, the screen computes approximate logits and a bound B on their error
+    (`causalshift.lens.screen`): entries above tau + B count, entries in (tau - B, tau + B]
+    are candidates, re-scored exactly in float32 right away (only for rows whose rank is
+    still below max_rank) so that the count is exact before the next chunk. A row is retired
+    once every target is decided: max_rank entries beat it, or no later entry can
+    (h . U_v <= |h| |U_v|, and the vocabulary is sorted by |U_v|). Most rows retire within the
+    first chunks. The result is the float32 rank whatever the screen's precision.
     """
-    dtype = weights.unembed_t.dtype
     h32 = hn.float()
+    n_rows = h32.shape[0]
     t = torch.stack(targets, dim=1)  # (N, J)
+    n_targets = t.shape[1]
     z_t = (h32[:, None, :] * weights.unembed_f32[t]).sum(-1)  # (N, J) float32
-    if weights.unembed_bias is not None:
-        z_t = z_t + weights.unembed_bias.float()[weights.position[t]]
-    thresholds = round_down(z_t, dtype)
+    if weights.bias is not None:
+        z_t = z_t + weights.bias[t]
     own = weights.position[t]  # (N, J) target columns in sorted order
-    h_norm = h32.norm(dim=1) * BOUND_MARGIN  # (N,)
-    hc = h32.to(dtype)
-    count = _count_above_fn(hc.device)
+    h_norm = h32.norm(dim=1) * RETIRE_MARGIN  # (N,)
+    screen = weights.screen
+    rows = screen.rows(h32)
+    count = _count_above_fn(h32.device)
     ranks = torch.zeros_like(t)
-    active = torch.arange(hc.shape[0], device=hc.device)
-    for c0, c1 in weights.chunks(vocab_chunk):
-        z = hc[active] @ weights.unembed_t[:, c0:c1]  # (n, Vc)
-        if weights.unembed_bias is not None:
-            z += weights.unembed_bias[c0:c1]
-        ranks[active] += count(z, thresholds[active], own[active] - c0)
+    active = torch.arange(n_rows, device=h32.device)
+    for chunk in weights.chunks:
+        c0, c1 = chunk.start, chunk.stop
+        r = rows.take(active)
+        z = screen.matmul(r, chunk)  # (n, Vc)
+        if weights.bias_sorted is not None:
+            z = z.float() + weights.bias_sorted[c0:c1]
+        tau = z_t[active]  # (n, J)
+        band = screen.thresholds(tau, r, chunk, weights.bias is not None)  # hi, then lo
+        own_c = own[active] - c0
+        own2 = torch.cat([own_c, own_c], dim=1)
+        counts = count(z, *band, own2)  # (n, 2J)
+        sure, maybe = counts[:, :n_targets], counts[:, n_targets:]  # (n, J) each
+        ranks[active] += sure
+        need = (maybe > sure) & (ranks[active] < max_rank)  # candidates that may matter
+        candidates = []  # (row, sorted column, target j)
+        for j in need.any(dim=0).nonzero().flatten().tolist():
+            sel = need[:, j].nonzero().flatten()
+            rr, cc = _band_entries(
+                z[sel],
+                [x[sel][:, [j, j + n_targets]] for x in band[:3]],
+                band[3],
+                band[4],
+                own_c[sel, j],
+            )
+            candidates.append((active[sel][rr], cc + c0, torch.full_like(rr, j)))
+        if candidates:
+            _rescore(h32, z_t, weights, ranks, candidates, max_rank)
         bound = h_norm[active] * weights.norm_from[c1]  # (n,) no later logit exceeds this
         if weights.bias_from is not None:
             bound = bound + weights.bias_from[c1]
-        undecided = (ranks[active] < max_rank) & (bound[:, None] > z_t[active])  # (n, J)
+        undecided = (ranks[active] < max_rank) & (bound[:, None] > tau)  # (n, J)
         active = active[undecided.any(dim=1)]
         if active.numel() == 0:
             break
     ranks.clamp_(max=max_rank)
     return list(ranks.unbind(1))
+
+
+def _band_entries(
+    z: Tensor, coefs: list[Tensor], col_norm: Tensor, col_err: Tensor, own: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(row, column) of the entries of z (n, Vc) inside their band: above lo, not above hi.
+
+    coefs = [base, coef_norm, coef_err], each (n, 2): hi then lo (see `screen.thresholds`).
+    """
+    zf = z.float()
+    hi, lo = (
+        coefs[0][:, k, None] + coefs[1][:, k, None] * col_norm + coefs[2][:, k, None] * col_err
+        for k in (0, 1)
+    )
+    inside = (zf > lo) & (zf <= hi)
+    inside &= torch.arange(z.shape[1], device=z.device) != own[:, None]
+    return inside.nonzero(as_tuple=True)
+
+
+def _rescore(
+    h32: Tensor,
+    z_t: Tensor,
+    weights: LensWeights,
+    ranks: Tensor,
+    candidates: list[tuple[Tensor, Tensor, Tensor]],
+    max_rank: int,
+) -> None:
+    """Add to ranks (N, J) the candidates whose float32 logit beats the target's."""
+    row, col, j = (torch.cat(x) for x in zip(*candidates, strict=True))
+    keep = ranks[row, j] < max_rank
+    row, col, j = row[keep], col[keep], j[keep]
+    token = weights.order[col]
+    for b0 in range(0, len(row), RESCORE_BLOCK):
+        sl = slice(b0, b0 + RESCORE_BLOCK)
+        z = (h32[row[sl]] * weights.unembed_f32[token[sl]]).sum(-1)
+        if weights.bias is not None:
+            z = z + weights.bias[token[sl]]
+        above = (z > z_t[row[sl], j[sl]]).long()
+        ranks.index_put_((row[sl], j[sl]), above, accumulate=True)
 
 
 def batch_metrics(
@@ -263,7 +364,6 @@ def batch_metrics(
     randoms: Tensor,
     weights: LensWeights,
     topk: tuple[int, ...],
-    vocab_chunk: int,
 ) -> tuple[Tensor, Tensor]:
     """All metrics of every layer for flattened positions, decoded in one pass.
 
@@ -276,7 +376,6 @@ def batch_metrics(
         hn.reshape(n_layers * n, d),
         weights,
         (inputs.repeat(n_layers), outputs.repeat(n_layers)),
-        vocab_chunk,
         max(topk),
     )
     rank_in, rank_out = (r.reshape(n_layers, n) for r in ranks)
@@ -311,7 +410,7 @@ def run_lens(
     *,
     topk: tuple[int, ...] = (1, 5),
     batch_size: int = 4,
-    compute_dtype: torch.dtype = torch.bfloat16,
+    compute_dtype: torch.dtype | None = None,
     vocab_chunk: int = 16384,
     seed: int = 0,
     progress: bool = True,
@@ -326,15 +425,19 @@ def run_lens(
     s = M.first_position(tokens, lm.bos_token_id)
     if seq_len - 1 - s < 1:
         raise ValueError("sequences too short for the lens: need at least two positions")
-    weights = LensWeights.prepare(lm, compute_dtype)
+    if compute_dtype is None:
+        compute_dtype = default_screen_dtype(lm.device)
+    indices = torch.arange(num_seqs) if seq_indices is None else seq_indices
+    ids, counts = torch.unique(tokens[indices], return_counts=True)
+    frequent = ids[torch.argsort(counts, descending=True, stable=True)]
+    weights = LensWeights.prepare(lm, compute_dtype, vocab_chunk, first=frequent)
     acc = LensAccumulator(lm.num_layers, topk, num_seqs)
     vocab = weights.vocab_size
     gen = torch.Generator().manual_seed(seed)
     randoms_all = torch.randint(0, vocab, (num_seqs, seq_len - 1 - s), generator=gen)
-    indices = torch.arange(num_seqs) if seq_indices is None else seq_indices
-    device = weights.unembed_t.device
+    device = weights.unembed_f32.device
     excluded = 0
-    norm_device = next(lm.norm.parameters(), weights.unembed_t).device
+    norm_device = next(lm.norm.parameters(), weights.unembed_f32).device
     t0 = time.perf_counter()
     batches = range(0, len(indices), batch_size)
     bar = tqdm(
@@ -359,7 +462,7 @@ def run_lens(
                 [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
             )  # (L+1, B, P, d)
             values, valid = batch_metrics(
-                hn.reshape(len(states), n_b * n_p, -1), *flat, weights, topk, vocab_chunk
+                hn.reshape(len(states), n_b * n_p, -1), *flat, weights, topk
             )
             values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
             acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)

@@ -1,0 +1,127 @@
+"""Screening matmuls: cheap approximate lens logits with a rigorous error bound per entry.
+
+The lens only needs, for each row h and target t, how many vocabulary entries v have a logit
+h . U_v strictly above the target's float32 logit tau. A screen computes the logits of a
+chunk of the vocabulary in a cheaper dtype (bf16 on CPUs with native bf16 and on GPUs)
+together with a bound on their error: entries above tau + B_v are certainly above, entries at
+or below tau - B_v certainly not, and only the few in between are computed again exactly in
+float32 (see `engine.decode_ranks`). The ranks are therefore the float32 ranks.
+
+With h^ = h rounded to the screen dtype and U^_v = U_v rounded,
+
+    h . U_v - h^ . U^_v = (h - h^) . U_v + h^ . (U_v - U^_v)
+    |...| <= a |U_v| + b e_v,   a = |h - h^|,  b = |h^|,  e_v = |U_v - U^_v| + rho |U^_v|
+
+(Cauchy-Schwarz), where rho covers the matmul's arithmetic: float32 accumulation of d
+products (d 2^-23) plus, on GPUs, TF32 (float32 screen, 2^-10) or reduced-precision
+reductions (bf16, 2^-8). The output itself is rounded to the screen dtype (relative error
+r = 2^-8 for bf16): near the band |z| <= |tau| + a |U_v| + b e_v, so the band is widened by
+r (1 + 2^-7) times that (the derivation for either sign of z is in docs/method.md).
+Every bound is multiplied by SAFETY against the float32 rounding of the bound itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+SAFETY = 1.01
+
+
+@dataclass
+class ScreenChunk:
+    """One chunk of the ordered vocabulary, prepared for the screen matmul."""
+
+    start: int
+    stop: int
+    weight: Tensor  # (Vc, d) U^ in the screen dtype, contiguous
+    norm: Tensor  # (Vc,) |U_v| float32
+    err: Tensor  # (Vc,) e_v = |U_v - U^_v| + rho |U^_v|: the entry's share of the bound
+
+
+@dataclass
+class ScreenRows:
+    """Rows of normed states prepared for the screen."""
+
+    q: Tensor  # (n, d) h^ in the screen dtype
+    err: Tensor  # (n,) a = |h - h^|
+    hat_norm: Tensor  # (n,) b = |h^|
+
+    def take(self, index: Tensor) -> ScreenRows:
+        return ScreenRows(self.q[index], self.err[index], self.hat_norm[index])
+
+
+class Screen:
+    """Approximate logits h^ . U^_v of one vocabulary chunk, and their error bound."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise ValueError(f"no lens screen for {dtype} (bfloat16, float16, float32)")
+        self.dtype = dtype
+        on_gpu = torch.device(device).type != "cpu"
+        # Arithmetic beyond float32 accumulation, relative to |h^| |U^_v|: none on CPUs; on
+        # GPUs TF32 (float32) or reduced-precision reductions (16-bit dtypes).
+        self.arithmetic = (2.0**-10 if dtype == torch.float32 else 2.0**-8) if on_gpu else 0.0
+        # Rounding of the output to the screen dtype, relative to the output.
+        self.output_rounding = 0.0 if dtype == torch.float32 else 2.0**-8
+
+    def prepare_chunk(self, u: Tensor, start: int, stop: int) -> ScreenChunk:
+        """Chunk of ordered float32 rows u (Vc, d) -> ScreenChunk."""
+        w = u.to(self.dtype).contiguous()
+        hat = w.float()
+        rho = self.arithmetic + u.shape[1] * 2.0**-23
+        err = torch.linalg.vector_norm(u - hat, dim=1) + rho * hat.norm(dim=1)
+        return ScreenChunk(start, stop, w, u.norm(dim=1), err)
+
+    def rows(self, h: Tensor) -> ScreenRows:
+        """Prepare float32 rows (n, d)."""
+        q = h.to(self.dtype)
+        hat = q.float()
+        return ScreenRows(q, (h - hat).norm(dim=1), hat.norm(dim=1))
+
+    def matmul(self, rows: ScreenRows, chunk: ScreenChunk) -> Tensor:
+        """(n, Vc) approximate logits."""
+        return rows.q @ chunk.weight.T
+
+    def thresholds(
+        self, tau: Tensor, rows: ScreenRows, chunk: ScreenChunk, biased: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The band around each target logit tau (n, J), as the terms of
+
+            threshold_v = base + coef_norm |U_v| + coef_err e_v
+
+        for J "hi" thresholds (an entry above is certainly above tau) followed by J "lo"
+        ones (an entry at or below is certainly not): returns (base (n, 2J),
+        coef_norm (n, 2J), coef_err (n, 2J), |U_v| (Vc,), e_v (Vc,)).
+
+        biased: a bias was added to the output after the matmul, so |tau| no longer bounds
+        the rounded product; its rounding is bounded by r |h^| |U^_v| <= r b (|U_v| + e_v).
+        """
+        r = self.output_rounding * (1 + 2.0**-7)
+        a, b = rows.err[:, None], rows.hat_norm[:, None]
+        if biased:
+            a, b, pad = a + r * b, b * (1 + r), torch.zeros_like(tau)
+        else:
+            a, b, pad = a * (1 + r), b * (1 + r), tau.abs() * r
+        a, b, pad = (a * SAFETY).expand_as(tau), (b * SAFETY).expand_as(tau), pad * SAFETY
+        return (
+            torch.cat([tau + pad, tau - pad], dim=1),
+            torch.cat([a, -a], dim=1),
+            torch.cat([b, -b], dim=1),
+            chunk.norm,
+            chunk.err,
+        )
+
+
+def default_screen_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on CUDA and on CPUs with native bf16 (AMX / AVX-512 bf16), else float32.
+
+    The ranks do not depend on it, only the speed.
+    """
+    from causalshift.lens.models import cpu_has_bf16
+
+    if torch.device(device).type == "cuda" or cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32
