@@ -211,7 +211,7 @@ def test_screen_band_covers_the_bf16_error(scale):
     h = torch.randn(50, 96, generator=g) * 10
     h[:, 3] *= 50  # an outlier channel, as in real residual streams
     screen = Screen(torch.bfloat16)
-    chunk = screen.prepare_chunk(u, 0, len(u))
+    chunk = screen.prepare_chunk(u.bfloat16(), u.norm(dim=1), 0, len(u))
     rows = screen.rows(h)
     exact = (h.double() @ u.double().T).float()
     z = screen.matmul(rows, chunk).float()

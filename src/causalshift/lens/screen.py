@@ -10,9 +10,10 @@ float32 (see `engine.decode_ranks`). The ranks are therefore the float32 ranks.
 With h^ = h rounded to the screen dtype and U^_v = U_v rounded,
 
     h . U_v - h^ . U^_v = (h - h^) . U_v + h^ . (U_v - U^_v)
-    |...| <= a |U_v| + b e_v,   a = |h - h^|,  b = |h^|,  e_v = |U_v - U^_v| + rho |U^_v|
+    |...| <= a |U_v| + b e_v,   a = |h - h^|,  b = |h^|,  e_v >= |U_v - U^_v| + rho |U^_v|
 
-(Cauchy-Schwarz), where rho covers the matmul's arithmetic: float32 accumulation of d
+(Cauchy-Schwarz; e_v = (u + rho (1 + u)) |U_v| with u = 2^-8, bf16's unit roundoff),
+where rho covers the matmul's arithmetic: float32 accumulation of d
 products (d 2^-23) plus, on GPUs, TF32 (float32 screen, 2^-10) or reduced-precision
 reductions (bf16, 2^-8). The output itself is rounded to the screen dtype (relative error
 r = 2^-8 for bf16): near the band |z| <= |tau| + a |U_v| + b e_v, so the band is widened by
@@ -43,7 +44,7 @@ class ScreenChunk:
 
 @dataclass
 class ScreenRows:
-    """Rows of normed states prepared for the screen."""
+    """Rows of normed states prepared for the screen (a is computed exactly)."""
 
     q: Tensor  # (n, d) h^ in the screen dtype
     err: Tensor  # (n,) a = |h - h^|
@@ -57,8 +58,8 @@ class Screen:
     """Approximate logits h^ . U^_v of one vocabulary chunk, and their error bound."""
 
     def __init__(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
-        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
-            raise ValueError(f"no lens screen for {dtype} (bfloat16, float16, float32)")
+        if dtype not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"no lens screen for {dtype} (bfloat16, float32)")
         self.dtype = dtype
         on_gpu = torch.device(device).type != "cpu"
         # Arithmetic beyond float32 accumulation, relative to |h^| |U^_v|: none on CPUs; on
@@ -67,13 +68,25 @@ class Screen:
         # Rounding of the output to the screen dtype, relative to the output.
         self.output_rounding = 0.0 if dtype == torch.float32 else 2.0**-8
 
-    def prepare_chunk(self, u: Tensor, start: int, stop: int) -> ScreenChunk:
-        """Chunk of ordered float32 rows u (Vc, d) -> ScreenChunk."""
-        w = u.to(self.dtype).contiguous()
-        hat = w.float()
-        rho = self.arithmetic + u.shape[1] * 2.0**-23
-        err = torch.linalg.vector_norm(u - hat, dim=1) + rho * hat.norm(dim=1)
-        return ScreenChunk(start, stop, w, u.norm(dim=1), err)
+    @property
+    def unit_roundoff(self) -> float:
+        """Largest relative error of rounding a float32 to the screen dtype."""
+        return 2.0**-8 if self.dtype == torch.bfloat16 else 0.0
+
+    def prepare_chunk(self, w: Tensor, norm: Tensor, start: int, stop: int) -> ScreenChunk:
+        """Chunk of ordered rows already rounded to the screen dtype, w (Vc, d), and their
+        float32 norms |U_v| (Vc,) -> ScreenChunk.
+
+        |U_v - U^_v| <= u |U_v| (u the unit roundoff: every element is rounded to nearest;
+        bf16 keeps float32's exponent range, so only float32 subnormals, below 2^-126, can
+        lose more: at most 2^-134 each) and |U^_v| <= (1 + u) |U_v|, so e_v needs no pass
+        over the rows.
+        """
+        u = self.unit_roundoff
+        d = w.shape[1]
+        rho = self.arithmetic + d * 2.0**-23
+        err = norm * (u + rho * (1 + u)) + (d**0.5 * 2.0**-134 if u else 0.0)
+        return ScreenChunk(start, stop, w.contiguous(), norm, err)
 
     def rows(self, h: Tensor) -> ScreenRows:
         """Prepare float32 rows (n, d)."""
