@@ -91,6 +91,24 @@ def test_fast_lens_gives_the_float32_metrics():
             assert r[name] == pytest.approx(f[name], abs=1e-9), (r["layer"], name)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_layer0_rank_reuse_changes_nothing(model_type):
+    """Repeated tokens reuse their layer-0 input rank when the state depends on the token
+    alone (Llama); GPT-2 adds positions, so nothing is reused. Metrics identical either way."""
+    model = tiny_model(model_type)
+    lm = lens_model(model, tokenizer=None, name=model_type, source="config")
+    tokens = torch.randint(0, 12, (6, 24), generator=torch.Generator().manual_seed(7))
+    kw = dict(compute_dtype=torch.bfloat16, progress=False, batch_size=2)
+    plain = engine.run_lens(lm, tokens, reuse_layer0=False, **kw)
+    reused = engine.run_lens(lm, tokens, **kw)
+    assert torch.equal(plain.accumulator.sums, reused.accumulator.sums)
+    assert plain.reused_layer0_ranks == 0
+    if model_type == "llama":
+        assert reused.reused_layer0_ranks >= 6 * 23 - 12  # all but the first of each token
+    else:
+        assert reused.reused_layer0_ranks == 0
+
+
 def test_run_lens_counts_by_hand_at_last_layer():
     """top-1 output match at layer L equals the model's own next-token accuracy."""
     model = tiny_model("gpt2")

@@ -359,6 +359,54 @@ def _rescore(
         ranks.index_put_((row[sl], j[sl]), above, accumulate=True)
 
 
+@dataclass
+class TokenRankCache:
+    """Layer-0 ranks of the input token, reused wherever the same state comes back.
+
+    Without position embeddings the stream entering block 1 depends on the token alone, so
+    a token's rank of itself at layer 0 is the same at every occurrence, in every batch (and
+    there the input token is usually top-1: a full scan of the vocabulary each time). A rank
+    is reused only when the normed state is bit-identical to the cached one; models that add
+    positions (GPT-2) never match and are decoded as usual.
+    """
+
+    max_entries: int = 65536
+    states: dict[int, Tensor] = field(default_factory=dict)
+    ranks: dict[int, int] = field(default_factory=dict)
+    hits: int = 0
+
+    def input_ranks(
+        self, h0: Tensor, inputs: Tensor, weights: LensWeights, max_rank: int
+    ) -> Tensor | None:
+        """Ranks (N,) of inputs under layer-0 states h0 (N, d), or None when the states do
+        not depend on the token alone."""
+        uniq, inv = torch.unique(inputs, return_inverse=True)
+        pos = torch.arange(len(inputs), device=inputs.device)
+        first = torch.full_like(uniq, len(inputs)).scatter_reduce_(0, inv, pos, "amin")
+        rep = h0[first]  # (U, d) one state per distinct token
+        if not torch.equal(h0, rep[inv]):
+            return None
+        ranks = torch.empty_like(uniq)
+        todo = []
+        for k, token in enumerate(uniq.tolist()):
+            known = self.states.get(token)
+            if known is not None and torch.equal(known, rep[k]):
+                ranks[k] = self.ranks[token]
+                self.hits += 1
+            else:
+                todo.append(k)
+        if todo:
+            idx = torch.tensor(todo, device=uniq.device)
+            (new,) = decode_ranks(rep[idx], weights, (uniq[idx],), max_rank)
+            ranks[idx] = new
+            for k, r in zip(todo, new.tolist(), strict=True):
+                if len(self.states) < self.max_entries:
+                    self.states[int(uniq[k])] = rep[k].clone()
+                    self.ranks[int(uniq[k])] = r
+        self.hits += len(inputs) - len(uniq)
+        return ranks[inv]
+
+
 def batch_metrics(
     hn: Tensor,
     inputs: Tensor,
@@ -366,21 +414,37 @@ def batch_metrics(
     randoms: Tensor,
     weights: LensWeights,
     topk: tuple[int, ...],
+    cache: TokenRankCache | None = None,
 ) -> tuple[Tensor, Tensor]:
     """All metrics of every layer for flattened positions, decoded in one pass.
 
-    hn (Lp, N, d) normed states of Lp layers; inputs/outputs/randoms (N,) token ids.
-    All layers go through one `decode_ranks` call: its chunk matmuls get Lp x more rows.
+    hn (Lp, N, d) normed states of Lp layers, layer 0 first; inputs/outputs/randoms (N,)
+    token ids. All layers go through one `decode_ranks` call (its chunk matmuls get Lp x
+    more rows), except layer 0's input ranks when `cache` can reuse them.
     Returns values (Lp, N, M) and a validity mask (N, M) (projection skips t_i == t_{i+1}).
     """
     n_layers, n, d = hn.shape
-    ranks = decode_ranks(
-        hn.reshape(n_layers * n, d),
-        weights,
-        (inputs.repeat(n_layers), outputs.repeat(n_layers)),
-        max(topk),
-    )
-    rank_in, rank_out = (r.reshape(n_layers, n) for r in ranks)
+    max_rank = max(topk)
+    rank_in0 = None if cache is None else cache.input_ranks(hn[0], inputs, weights, max_rank)
+    if rank_in0 is None:
+        ranks = decode_ranks(
+            hn.reshape(n_layers * n, d),
+            weights,
+            (inputs.repeat(n_layers), outputs.repeat(n_layers)),
+            max_rank,
+        )
+        rank_in, rank_out = (r.reshape(n_layers, n) for r in ranks)
+    else:
+        (rank_out0,) = decode_ranks(hn[0], weights, (outputs,), max_rank)
+        rest = n_layers - 1
+        r_in, r_out = decode_ranks(
+            hn[1:].reshape(rest * n, d),
+            weights,
+            (inputs.repeat(rest), outputs.repeat(rest)),
+            max_rank,
+        )
+        rank_in = torch.cat([rank_in0, r_in]).reshape(n_layers, n)
+        rank_out = torch.cat([rank_out0, r_out]).reshape(n_layers, n)
     a = weights.embed_f32[inputs]  # (N, d), broadcast over layers
     b = weights.unembed_f32[outputs]  # (N, d)
     r = weights.embed_f32[randoms]
@@ -404,6 +468,7 @@ class LensRun:
     excluded_projection_positions: int
     seconds: float
     tokens: int
+    reused_layer0_ranks: int = 0  # positions whose layer-0 input rank came from the cache
 
 
 def run_lens(
@@ -417,11 +482,13 @@ def run_lens(
     seed: int = 0,
     progress: bool = True,
     seq_indices: Tensor | None = None,
+    reuse_layer0: bool = True,
 ) -> LensRun:
     """Accumulate every metric at every layer over `tokens` (S, T).
 
     seq_indices selects the sequences this process handles (torchrun ranks split them);
     rows of the accumulator for other sequences stay zero, so ranks' accumulators add up.
+    reuse_layer0: reuse layer-0 input ranks across repeated tokens (`TokenRankCache`).
     """
     num_seqs, seq_len = tokens.shape
     s = M.first_position(tokens, lm.bos_token_id)
@@ -434,6 +501,7 @@ def run_lens(
     frequent = ids[torch.argsort(counts, descending=True, stable=True)]
     weights = LensWeights.prepare(lm, compute_dtype, vocab_chunk, first=frequent)
     acc = LensAccumulator(lm.num_layers, topk, num_seqs)
+    cache = TokenRankCache() if reuse_layer0 else None
     vocab = weights.vocab_size
     gen = torch.Generator().manual_seed(seed)
     randoms_all = torch.randint(0, vocab, (num_seqs, seq_len - 1 - s), generator=gen)
@@ -464,7 +532,7 @@ def run_lens(
                 [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
             )  # (L+1, B, P, d)
             values, valid = batch_metrics(
-                hn.reshape(len(states), n_b * n_p, -1), *flat, weights, topk
+                hn.reshape(len(states), n_b * n_p, -1), *flat, weights, topk, cache
             )
             values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
             acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)
@@ -479,4 +547,5 @@ def run_lens(
         excluded_projection_positions=excluded,
         seconds=seconds,
         tokens=len(indices) * seq_len,
+        reused_layer0_ranks=0 if cache is None else cache.hits,
     )
