@@ -194,28 +194,19 @@ def chunk_bounds(vocab_size: int, vocab_chunk: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def count_above(
-    z: Tensor,
-    base: Tensor,
-    coef_norm: Tensor,
-    coef_err: Tensor,
-    col_norm: Tensor,
-    col_err: Tensor,
-    own: Tensor,
-) -> Tensor:
-    """For each row and threshold j: how many columns v of z (n, Vc) exceed
-    base[:, j] + coef_norm[:, j] col_norm[v] + coef_err[:, j] col_err[v] (see
-    `screen.thresholds`), not counting column own (n, J) (the target itself; out-of-range
-    indices match nothing). Compared in float32 (z may be bf16). Returns (n, J).
+def count_above(z: Tensor, thresholds: Tensor) -> Tensor:
+    """For each row and threshold j: how many columns of z (n, Vc) are strictly above
+    thresholds (n, J), compared in float32 (z may be bf16). Returns (n, J) int32.
+
+    One reduction per threshold (unrolled when compiled): 3x faster on CPU than a single
+    (n, J, Vc) comparison.
     """
-    cols = torch.arange(z.shape[1], device=z.device)
-    threshold = (
-        base[:, :, None]
-        + coef_norm[:, :, None] * col_norm[None, None, :]
-        + coef_err[:, :, None] * col_err[None, None, :]
-    )  # (n, J, Vc)
-    above = (z.float()[:, None, :] > threshold) & (cols != own[:, :, None])
-    return above.sum(-1)
+    zf = z.float()
+    above = [
+        (zf > thresholds[:, j : j + 1]).sum(-1, dtype=torch.int32)
+        for j in range(thresholds.shape[1])
+    ]
+    return torch.stack(above, dim=1)
 
 
 _compiled_count_above = None
@@ -233,8 +224,7 @@ def _count_above_fn(device: torch.device):
     if _compiled_count_above is None:
         try:
             fn = torch.compile(count_above, dynamic=True)
-            z, t, c = torch.zeros(3, 5, dtype=torch.bfloat16), torch.zeros(3, 4), torch.zeros(5)
-            fn(z, t, t, t, c, c, torch.zeros(3, 4, dtype=torch.long))
+            fn(torch.zeros(3, 5, dtype=torch.bfloat16), torch.zeros(3, 4))
             _compiled_count_above = fn
         except Exception:  # noqa: BLE001 - any compiler failure falls back to eager
             _compiled_count_above = count_above
@@ -290,22 +280,20 @@ def decode_ranks(
             z = z.float() + weights.bias_sorted[c0:c1]
         tau = z_t[active]  # (n, J)
         band = screen.thresholds(tau, r, chunk, weights.bias is not None)  # hi, then lo
-        own_c = own[active] - c0
-        own2 = torch.cat([own_c, own_c], dim=1)
-        counts = count(z, *band, own2)  # (n, 2J)
+        counts = count(z, band)  # (n, 2J)
+        # The target's own column does not count (its screen logit is within the band).
+        own_c = own[active] - c0  # (n, J)
+        inside = (own_c >= 0) & (own_c < c1 - c0)
+        z_own = z.gather(1, own_c.clamp(0, c1 - c0 - 1)).float()  # (n, J)
+        hi, lo = band[:, :n_targets], band[:, n_targets:]
+        counts -= torch.cat([inside & (z_own > hi), inside & (z_own > lo)], dim=1).int()
         sure, maybe = counts[:, :n_targets], counts[:, n_targets:]  # (n, J) each
         ranks[active] += sure
         need = (maybe > sure) & (ranks[active] < max_rank)  # candidates that may matter
         candidates = []  # (row, sorted column, target j)
         for j in need.any(dim=0).nonzero().flatten().tolist():
             sel = need[:, j].nonzero().flatten()
-            rr, cc = _band_entries(
-                z[sel],
-                [x[sel][:, [j, j + n_targets]] for x in band[:3]],
-                band[3],
-                band[4],
-                own_c[sel, j],
-            )
+            rr, cc = _band_entries(z[sel], lo[sel, j], hi[sel, j], own_c[sel, j])
             candidates.append((active[sel][rr], cc + c0, torch.full_like(rr, j)))
         if candidates:
             _rescore(h32, z_t, weights, ranks, candidates, max_rank)
@@ -320,19 +308,11 @@ def decode_ranks(
     return list(ranks.unbind(1))
 
 
-def _band_entries(
-    z: Tensor, coefs: list[Tensor], col_norm: Tensor, col_err: Tensor, own: Tensor
-) -> tuple[Tensor, Tensor]:
-    """(row, column) of the entries of z (n, Vc) inside their band: above lo, not above hi.
-
-    coefs = [base, coef_norm, coef_err], each (n, 2): hi then lo (see `screen.thresholds`).
-    """
+def _band_entries(z: Tensor, lo: Tensor, hi: Tensor, own: Tensor) -> tuple[Tensor, Tensor]:
+    """(row, column) of the entries of z (n, Vc) inside their row's band (lo, hi] (n,),
+    the target's own column own (n,) left out."""
     zf = z.float()
-    hi, lo = (
-        coefs[0][:, k, None] + coefs[1][:, k, None] * col_norm + coefs[2][:, k, None] * col_err
-        for k in (0, 1)
-    )
-    inside = (zf > lo) & (zf <= hi)
+    inside = (zf > lo[:, None]) & (zf <= hi[:, None])
     inside &= torch.arange(z.shape[1], device=z.device) != own[:, None]
     return inside.nonzero(as_tuple=True)
 

@@ -38,8 +38,9 @@ class ScreenChunk:
     start: int
     stop: int
     weight: Tensor  # (Vc, d) U^ in the screen dtype, contiguous
-    norm: Tensor  # (Vc,) |U_v| float32
-    err: Tensor  # (Vc,) e_v = |U_v - U^_v| + rho |U^_v|: the entry's share of the bound
+    norm_max: float  # N = max |U_v| over the chunk
+    err_max: float  # E = max e_v >= |U_v - U^_v| + rho |U^_v| over the chunk
+    hat_max: float  # max |U^_v| over the chunk
 
 
 @dataclass
@@ -80,13 +81,16 @@ class Screen:
         |U_v - U^_v| <= u |U_v| (u the unit roundoff: every element is rounded to nearest;
         bf16 keeps float32's exponent range, so only float32 subnormals, below 2^-126, can
         lose more: at most 2^-134 each) and |U^_v| <= (1 + u) |U_v|, so e_v needs no pass
-        over the rows.
+        over the rows. One bound per chunk (its largest |U_v|) keeps the count kernel a
+        plain comparison; the vocabulary is mostly ordered by |U_v|, so it is tight.
         """
         u = self.unit_roundoff
         d = w.shape[1]
         rho = self.arithmetic + d * 2.0**-23
-        err = norm * (u + rho * (1 + u)) + (d**0.5 * 2.0**-134 if u else 0.0)
-        return ScreenChunk(start, stop, w.contiguous(), norm, err)
+        tiny = d**0.5 * 2.0**-134 if u else 0.0
+        n = float(norm.max()) * SAFETY  # norms were computed in float32: a little slack
+        hat = (1 + u) * n + tiny
+        return ScreenChunk(start, stop, w.contiguous(), n, u * n + tiny + rho * hat, hat)
 
     def rows(self, h: Tensor) -> ScreenRows:
         """Prepare float32 rows (n, d)."""
@@ -100,32 +104,24 @@ class Screen:
 
     def thresholds(
         self, tau: Tensor, rows: ScreenRows, chunk: ScreenChunk, biased: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The band around each target logit tau (n, J), as the terms of
+    ) -> Tensor:
+        """The band around each target logit tau (n, J) over one chunk: (n, 2J), J "hi"
+        thresholds (an entry above is certainly above tau) then J "lo" ones (an entry at or
+        below is certainly not).
 
-            threshold_v = base + coef_norm |U_v| + coef_err e_v
-
-        for J "hi" thresholds (an entry above is certainly above tau) followed by J "lo"
-        ones (an entry at or below is certainly not): returns (base (n, 2J),
-        coef_norm (n, 2J), coef_err (n, 2J), |U_v| (Vc,), e_v (Vc,)).
-
-        biased: a bias was added to the output after the matmul, so |tau| no longer bounds
-        the rounded product; its rounding is bounded by r |h^| |U^_v| <= r b (|U_v| + e_v).
+        B = a N + b E (the error of the product), widened for the output's rounding r:
+        B (1 + r) + r |tau| (near the band |z| <= |tau| + B), or, when a bias was added to
+        the output after the matmul (|tau| no longer bounds the product), B + r b |U^|max.
         """
         r = self.output_rounding * (1 + 2.0**-7)
-        a, b = rows.err[:, None], rows.hat_norm[:, None]
+        a, b = rows.err[:, None], rows.hat_norm[:, None]  # (n, 1)
+        err = a * chunk.norm_max + b * chunk.err_max
         if biased:
-            a, b, pad = a + r * b, b * (1 + r), torch.zeros_like(tau)
+            err = err + r * b * chunk.hat_max
         else:
-            a, b, pad = a * (1 + r), b * (1 + r), tau.abs() * r
-        a, b, pad = (a * SAFETY).expand_as(tau), (b * SAFETY).expand_as(tau), pad * SAFETY
-        return (
-            torch.cat([tau + pad, tau - pad], dim=1),
-            torch.cat([a, -a], dim=1),
-            torch.cat([b, -b], dim=1),
-            chunk.norm,
-            chunk.err,
-        )
+            err = err * (1 + r) + r * tau.abs()
+        err = err * SAFETY
+        return torch.cat([tau + err, tau - err], dim=1)
 
 
 def default_screen_dtype(device: torch.device | str) -> torch.dtype:
