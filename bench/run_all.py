@@ -56,7 +56,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
             logits=dict(preset="tiny", batch_size=4, steps=1, reps=1),
         )
     return dict(
-        lens=dict(num_seqs=4, seq_len=64, reps=2),
+        lens=dict(num_seqs=8, seq_len=64, reps=2),
         layout=dict(vocab=65536, rows=512, reps=2),
         scaling=dict(
             seqs=(1, 2, 4),
