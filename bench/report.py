@@ -320,8 +320,14 @@ def _train(res: dict[str, Any]) -> str:
         ]
     m = t.get("modes")
     if m:
+        paired = m.get("overhead_vs_none_paired", {})
         rows = [
-            {"residual": k, "tokens/s": v, "cost vs none": _pct(m["overhead_vs_none"][k])}
+            {
+                "residual": k,
+                "tokens/s": v,
+                "cost vs none (medians)": _pct(m["overhead_vs_none"][k]),
+                "cost vs none (paired)": _pct(paired.get(k)),
+            }
             for k, v in m["tokens_per_second"].items()
         ]
         out += [
@@ -329,9 +335,9 @@ def _train(res: dict[str, Any]) -> str:
             f"Command: `python -m bench.train --preset {m['preset']} --batch-size "
             f"{m['batch_size']} --modes`. One Trainer per mode (compile {m['compile']}), blocks "
             f"of {m['steps_per_block']} steps in alternating order, {m['reps']} rounds; cost = "
-            "tokens/s(none) / tokens/s(mode) - 1 (goal <= 3%; differences of a few percent are "
-            "within this shared machine's noise: see the per-block seconds in "
-            "bench/results.json).\n",
+            "tokens/s(none) / tokens/s(mode) - 1 from the medians, and *paired*: the median "
+            "over rounds of the block's time over `none`'s block in the same round (goal <= "
+            "3%; the per-block seconds are in bench/results.json).\n",
             md_table(rows),
         ]
     g = t.get("growth")
@@ -477,11 +483,14 @@ def _findings(res: dict[str, Any]) -> str:
         )
     m = t.get("modes")
     if m:
-        worst = max((v, k) for k, v in m["overhead_vs_none"].items())
+        est = m.get("overhead_vs_none_paired") or m["overhead_vs_none"]
+        worst = max((v, k) for k, v in est.items())
+        verdict = "meets" if worst[0] <= 0.03 else "misses"
         out.append(
-            f"- Residual modes: the largest cost over `none` was {worst[1]} at {_pct(worst[0])} "
-            "(goal <= 3%); run-to-run noise on this shared machine is of the same size, so "
-            "values within a few percent of zero (either sign) are not distinguishable."
+            f"- Residual modes: the largest paired cost over `none` was {worst[1]} at "
+            f"{_pct(worst[0])} ({verdict} the 3% goal in this run); the modes add one "
+            "multiply per block on the residual (and a softmax over L+1 logits for the gate), "
+            "so differences of a few percent of either sign are this machine's noise."
         )
     return "\n".join(out) + "\n"
 

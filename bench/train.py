@@ -262,6 +262,12 @@ def residual_modes(
         times, _ = alternate(fns, reps, device)
     tokens = steps * batch_size * cfg.block_size
     tok_s = {m: tokens / median(t) for m, t in times.items()}
+    # Paired: each round ran every mode back to back, so the ratio within a round cancels
+    # most of the machine's drift; the median over rounds is the claim.
+    paired = {
+        m: median([a / b - 1 for a, b in zip(t, times["none"], strict=True)])
+        for m, t in times.items()
+    }
     return {
         "preset": preset,
         "batch_size": batch_size,
@@ -271,6 +277,7 @@ def residual_modes(
         "seconds": times,
         "tokens_per_second": tok_s,
         "overhead_vs_none": {m: tok_s["none"] / v - 1 for m, v in tok_s.items()},
+        "overhead_vs_none_paired": paired,
     }
 
 
