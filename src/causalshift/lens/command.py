@@ -49,7 +49,9 @@ class AnalyzeConfig:
     )
     dtype: str = option(
         "auto",
-        "Lens precision: auto (bf16 projection where the hardware has it), float32, bfloat16.",
+        "Precision of the lens' screening matmul: auto (bf16 where the hardware has it), "
+        "float32, bfloat16. The ranks are the float32 ranks either way; only speed differs "
+        "(on CUDA bfloat16/auto also load the weights in bf16).",
         choices=["auto", "float32", "bfloat16"],
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")

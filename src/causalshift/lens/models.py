@@ -345,9 +345,10 @@ def _converted_gguf(gguf: Path, name: str) -> Path:
 def parse_dtype(name: str, device: str) -> tuple[torch.dtype, torch.dtype]:
     """`--dtype` -> (weights dtype, lens matmul dtype).
 
-    auto: on CUDA bf16 weights and bf16 lens; on CPU float32 weights (the model's own forward
-    is cheap) and a bf16 lens projection when the CPU has bf16 matmul support (AMX /
-    AVX-512 bf16), else float32.
+    auto: on CUDA bf16 weights and a bf16 lens screen; on CPU float32 weights (the model's own
+    forward is cheap) and a bf16 screen when the CPU has bf16 matmul support (AMX /
+    AVX-512 bf16), else float32. The screen's dtype changes speed, not the ranks
+    (`causalshift.lens.screen`).
     """
     if name == "float32":
         return torch.float32, torch.float32
