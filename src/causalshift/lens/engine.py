@@ -355,36 +355,46 @@ class TokenRankCache:
     ranks: dict[int, int] = field(default_factory=dict)
     hits: int = 0
 
-    def input_ranks(
-        self, h0: Tensor, inputs: Tensor, weights: LensWeights, max_rank: int
-    ) -> Tensor | None:
-        """Ranks (N,) of inputs under layer-0 states h0 (N, d), or None when the states do
-        not depend on the token alone."""
+    def plan(self, h0: Tensor, inputs: Tensor) -> _Layer0Plan | None:
+        """Which layer-0 rows (N,) must decode their input token; None when the states do
+        not depend on the token alone (then every row decodes it)."""
         uniq, inv = torch.unique(inputs, return_inverse=True)
         pos = torch.arange(len(inputs), device=inputs.device)
         first = torch.full_like(uniq, len(inputs)).scatter_reduce_(0, inv, pos, "amin")
         rep = h0[first]  # (U, d) one state per distinct token
         if not torch.equal(h0, rep[inv]):
             return None
-        ranks = torch.empty_like(uniq)
-        todo = []
+        known = torch.full_like(uniq, -1)
         for k, token in enumerate(uniq.tolist()):
-            known = self.states.get(token)
-            if known is not None and torch.equal(known, rep[k]):
-                ranks[k] = self.ranks[token]
-                self.hits += 1
-            else:
-                todo.append(k)
-        if todo:
-            idx = torch.tensor(todo, device=uniq.device)
-            (new,) = decode_ranks(rep[idx], weights, (uniq[idx],), max_rank)
-            ranks[idx] = new
-            for k, r in zip(todo, new.tolist(), strict=True):
-                if len(self.states) < self.max_entries:
-                    self.states[int(uniq[k])] = rep[k].clone()
-                    self.ranks[int(uniq[k])] = r
-        self.hits += len(inputs) - len(uniq)
-        return ranks[inv]
+            cached = self.states.get(token)
+            if cached is not None and torch.equal(cached, rep[k]):
+                known[k] = self.ranks[token]
+        decode = torch.zeros(len(inputs), dtype=torch.bool, device=inputs.device)
+        decode[first[known < 0]] = True
+        return _Layer0Plan(uniq, inv, first, rep, known, decode)
+
+    def resolve(self, plan: _Layer0Plan, decoded: Tensor) -> Tensor:
+        """Layer-0 input ranks (N,) from the rows decoded (decoded[i] valid where
+        plan.decode[i]) and the cache; remembers the new ones."""
+        ranks = plan.known.clone()
+        new = (plan.known < 0).nonzero().flatten()
+        ranks[new] = decoded[plan.first[new]]
+        for k, r in zip(new.tolist(), ranks[new].tolist(), strict=True):
+            if len(self.states) < self.max_entries:
+                token = int(plan.uniq[k])
+                self.states[token], self.ranks[token] = plan.rep[k].clone(), r
+        self.hits += len(plan.inv) - len(new)
+        return ranks[plan.inv]
+
+
+@dataclass
+class _Layer0Plan:
+    uniq: Tensor  # (U,) distinct input tokens
+    inv: Tensor  # (N,) row -> index in uniq
+    first: Tensor  # (U,) first row of each token
+    rep: Tensor  # (U, d) its state
+    known: Tensor  # (U,) cached rank, -1 where unknown
+    decode: Tensor  # (N,) rows whose input rank is decoded
 
 
 def batch_metrics(
@@ -399,32 +409,24 @@ def batch_metrics(
     """All metrics of every layer for flattened positions, decoded in one pass.
 
     hn (Lp, N, d) normed states of Lp layers, layer 0 first; inputs/outputs/randoms (N,)
-    token ids. All layers go through one `decode_ranks` call (its chunk matmuls get Lp x
-    more rows), except layer 0's input ranks when `cache` can reuse them.
+    token ids. All layers go through one `decode_ranks` call: its chunk matmuls get Lp x
+    more rows. With `cache`, a layer-0 row whose input rank is known (or decoded on another
+    row of the batch) asks for its output token twice instead, which costs nothing extra.
     Returns values (Lp, N, M) and a validity mask (N, M) (projection skips t_i == t_{i+1}).
     """
     n_layers, n, d = hn.shape
-    max_rank = max(topk)
-    rank_in0 = None if cache is None else cache.input_ranks(hn[0], inputs, weights, max_rank)
-    if rank_in0 is None:
-        ranks = decode_ranks(
-            hn.reshape(n_layers * n, d),
-            weights,
-            (inputs.repeat(n_layers), outputs.repeat(n_layers)),
-            max_rank,
-        )
-        rank_in, rank_out = (r.reshape(n_layers, n) for r in ranks)
-    else:
-        (rank_out0,) = decode_ranks(hn[0], weights, (outputs,), max_rank)
-        rest = n_layers - 1
-        r_in, r_out = decode_ranks(
-            hn[1:].reshape(rest * n, d),
-            weights,
-            (inputs.repeat(rest), outputs.repeat(rest)),
-            max_rank,
-        )
-        rank_in = torch.cat([rank_in0, r_in]).reshape(n_layers, n)
-        rank_out = torch.cat([rank_out0, r_out]).reshape(n_layers, n)
+    plan = None if cache is None else cache.plan(hn[0], inputs)
+    first_in = inputs if plan is None else torch.where(plan.decode, inputs, outputs)
+    ranks = decode_ranks(
+        hn.reshape(n_layers * n, d),
+        weights,
+        (torch.cat([first_in, inputs.repeat(n_layers - 1)]), outputs.repeat(n_layers)),
+        max(topk),
+    )
+    rank_in, rank_out = (r.reshape(n_layers, n) for r in ranks)
+    if plan is not None:
+        assert cache is not None
+        rank_in[0] = cache.resolve(plan, rank_in[0])
     a = weights.embed_f32[inputs]  # (N, d), broadcast over layers
     b = weights.unembed_f32[outputs]  # (N, d)
     r = weights.embed_f32[randoms]
