@@ -201,6 +201,16 @@ def vm_status() -> dict[str, int]:
     return out
 
 
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs), so that a
+    later VmHWM is the peak of what ran after this call. False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def in_subprocess(target: str, kwargs: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """Call `module:function(**kwargs)` in a fresh Python and return its JSON-able dict.
 

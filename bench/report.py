@@ -224,7 +224,8 @@ def _memory(res: dict[str, Any]) -> str:
             "## Peak memory of the lens\n",
             "Each row is a fresh process (`python -m bench.common bench.lens:memory_probe "
             "'{...}'`): load the model, run the fast path once; resident memory after loading "
-            "(VmRSS) and the process's peak (VmHWM from /proc/self/status). `random` = random "
+            "(VmRSS) and the peak after it (VmHWM from /proc/self/status, reset once the model "
+            "is loaded by writing 5 to /proc/self/clear_refs). `random` = random "
             "Llama of width 640 (6 layers, vocabulary 32,768 unless shown). Every weight is "
             "touched before the RSS after load is read (safetensors maps them lazily). Working "
             "set = peak - RSS after load: the lens' own memory, its copies of the unembedding "

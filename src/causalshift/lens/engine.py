@@ -170,12 +170,11 @@ class LensWeights:
             bias_sorted = bias[order]
             rev_max = torch.cummax(bias_sorted.flip(0), dim=0).values.flip(0)
             bias_from = torch.cat([rev_max, rev_max.new_full((1,), -torch.inf)])
-        u_screen = lm.unembed.detach().to(compute_dtype)  # one pass, then gathers per chunk
-        chunks = [
-            screen.prepare_chunk(u_screen[order[c0:c1]], norms[order[c0:c1]], c0, c1)
+        u = lm.unembed.detach()
+        chunks = [  # gathered and rounded a chunk at a time: no second full-size copy
+            screen.prepare_chunk(u[order[c0:c1]].to(compute_dtype), norms[order[c0:c1]], c0, c1)
             for c0, c1 in chunk_bounds(len(order), vocab_chunk)
         ]
-        del u_screen
         return cls(
             screen, chunks, order, position, norm_from, bias, bias_sorted, bias_from, e32, u32
         )
