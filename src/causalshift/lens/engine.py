@@ -349,7 +349,7 @@ class TokenRankCache:
     positions (GPT-2) never match and are decoded as usual.
     """
 
-    max_entries: int = 65536
+    max_bytes: int = 64 * 2**20  # memory for cached states (d float32 each)
     states: dict[int, Tensor] = field(default_factory=dict)
     ranks: dict[int, int] = field(default_factory=dict)
     hits: int = 0
@@ -379,7 +379,7 @@ class TokenRankCache:
         new = (plan.known < 0).nonzero().flatten()
         ranks[new] = decoded[plan.first[new]]
         for k, r in zip(new.tolist(), ranks[new].tolist(), strict=True):
-            if len(self.states) < self.max_entries:
+            if (len(self.states) + 1) * plan.rep.shape[1] * 4 <= self.max_bytes:
                 token = int(plan.uniq[k])
                 self.states[token], self.ranks[token] = plan.rep[k].clone(), r
         self.hits += len(plan.inv) - len(new)
