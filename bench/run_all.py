@@ -80,7 +80,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
         train=dict(preset="cpu-small", batch_size=4, steps=3, reps=3),
         modes=dict(preset="cpu-small", batch_size=2, steps=2, reps=9),
         growth=dict(rows=(("tiny", 8), ("tiny", 32), ("cpu-small", 2), ("cpu-small", 8)), steps=2),
-        prepare=dict(data="books", max_docs=300, reps=3),
+        prepare=dict(data="books", max_docs=300, reps=9),
         wmem=dict(vocab=262144),
         retire=(2, 64),
         logits=dict(preset="cpu-small", batch_size=4, steps=2, reps=4),
