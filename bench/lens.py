@@ -238,9 +238,7 @@ def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk:
     from causalshift.lens import engine as E
     from causalshift.lens import metrics as M
 
-    ids, counts = torch.unique(tokens, return_counts=True)
-    first = ids[torch.argsort(counts, descending=True, stable=True)]
-    weights = E.LensWeights.prepare(lm, torch.bfloat16, vocab_chunk, first=first)
+    weights = E.LensWeights.prepare(lm, torch.bfloat16, vocab_chunk, first=E.by_frequency(tokens))
     n_chunks = len(weights.chunks)
     k = max(topk)
     s = M.first_position(tokens, lm.bos_token_id)

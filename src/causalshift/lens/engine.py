@@ -19,8 +19,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from causalshift.lens import metrics as M
-from causalshift.lens.models import LensModel
-from causalshift.lens.screen import Screen, ScreenChunk, default_screen_dtype
+from causalshift.lens.models import LensModel, parse_dtype
+from causalshift.lens.screen import Screen, ScreenChunk
 
 COSINE_METRICS = ("cos_input", "cos_output", "cos_random", "projection")
 
@@ -182,6 +182,13 @@ class LensWeights:
     @property
     def vocab_size(self) -> int:
         return len(self.order)
+
+
+def by_frequency(tokens: Tensor) -> Tensor:
+    """The distinct token ids of `tokens`, most frequent first (the order `run_lens` scans
+    the vocabulary in before the rest)."""
+    ids, counts = torch.unique(tokens, return_counts=True)
+    return ids[torch.argsort(counts, descending=True, stable=True)]
 
 
 def chunk_bounds(vocab_size: int, vocab_chunk: int) -> list[tuple[int, int]]:
@@ -467,6 +474,7 @@ def run_lens(
 ) -> LensRun:
     """Accumulate every metric at every layer over `tokens` (S, T).
 
+    compute_dtype: the screen's dtype (None: what `--dtype auto` picks for lm's device).
     seq_indices selects the sequences this process handles (torchrun ranks split them);
     rows of the accumulator for other sequences stay zero, so ranks' accumulators add up.
     reuse_layer0: reuse layer-0 input ranks across repeated tokens (`TokenRankCache`).
@@ -476,11 +484,10 @@ def run_lens(
     if seq_len - 1 - s < 1:
         raise ValueError("sequences too short for the lens: need at least two positions")
     if compute_dtype is None:
-        compute_dtype = default_screen_dtype(lm.device)
+        compute_dtype = parse_dtype("auto", str(lm.device))[1]
     indices = torch.arange(num_seqs) if seq_indices is None else seq_indices
-    ids, counts = torch.unique(tokens[indices], return_counts=True)
-    frequent = ids[torch.argsort(counts, descending=True, stable=True)]
-    weights = LensWeights.prepare(lm, compute_dtype, vocab_chunk, first=frequent)
+    first = by_frequency(tokens[indices])
+    weights = LensWeights.prepare(lm, compute_dtype, vocab_chunk, first=first)
     acc = LensAccumulator(lm.num_layers, topk, num_seqs)
     cache = TokenRankCache() if reuse_layer0 else None
     vocab = weights.vocab_size

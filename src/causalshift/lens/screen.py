@@ -122,15 +122,3 @@ class Screen:
             err = err * (1 + r) + r * tau.abs()
         err = err * SAFETY
         return torch.cat([tau + err, tau - err], dim=1)
-
-
-def default_screen_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on CUDA and on CPUs with native bf16 (AMX / AVX-512 bf16), else float32.
-
-    The ranks do not depend on it, only the speed.
-    """
-    from causalshift.lens.models import cpu_has_bf16
-
-    if torch.device(device).type == "cuda" or cpu_has_bf16():
-        return torch.bfloat16
-    return torch.float32
