@@ -89,24 +89,16 @@ def provenance() -> dict[str, Any]:
     belong to the code they measured), plus a short hash of the engine file."""
     import hashlib
 
+    def git(*args: str) -> str:
+        run = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+        )
+        return run.stdout
+
     out: dict[str, Any] = {}
     try:
-        out["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "src"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.split("\n")
+        out["git_commit"] = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "src").split("\n")
         out["uncommitted_src"] = sorted(ln[3:] for ln in dirty if ln.strip())
     except (OSError, subprocess.SubprocessError):
         pass

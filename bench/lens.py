@@ -578,18 +578,6 @@ def memory(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [in_subprocess("bench.lens:memory_probe", c) for c in configs]
 
 
-DEFAULT_MEMORY_CONFIGS = [
-    dict(num_seqs=4, seq_len=64, batch_size=4),
-    dict(num_seqs=16, seq_len=64, batch_size=4),
-    dict(num_seqs=4, seq_len=256, batch_size=4),
-    dict(num_seqs=4, seq_len=64, batch_size=1),
-    dict(num_seqs=16, seq_len=64, batch_size=16),
-    dict(num_seqs=4, seq_len=64, batch_size=4, layers=24),
-    dict(num_seqs=4, seq_len=64, batch_size=4, vocab=262144),
-    dict(model="gemma-3-270m", num_seqs=2, seq_len=64, batch_size=4),
-]
-
-
 # ---------------------------------------------------------------------------------------------
 # GPU path: a model of Gemma-2-2B's shape
 
