@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from causalshift.config import add_config_arguments, config_overrides
 from causalshift.errors import UserError
+from causalshift.io import read_json_object
 from causalshift.train.config import (
     PRESET_NAMES,
     TrainConfig,
@@ -72,13 +72,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             raise UserError(
                 "--preset/--config do not combine with --resume: the run's config is used"
             )
-        path = Path(args.out) / "config.json"
-        if not path.is_file():
-            raise UserError(f"nothing to resume: {path} not found")
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is corrupt: {e}") from None
+        saved = read_json_object(Path(args.out) / "config.json", "nothing to resume:")
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         base = TrainConfig.from_dict({k: v for k, v in saved.items() if k in names})
     else:
