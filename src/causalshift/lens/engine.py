@@ -261,15 +261,17 @@ def decode_ranks(
     are candidates, re-scored exactly in float32 right away (only for rows whose rank is
     still below max_rank) so that the count is exact before the next chunk. A row is retired
     once every target is decided: max_rank entries beat it, or no later entry can
-    (h . U_v <= |h| |U_v|, and the vocabulary is sorted by |U_v|). Most rows retire within the
-    first chunks. The result is the float32 rank whatever the screen's precision.
+    (h . U_v <= |h| |U_v| <= |h| norm_from[c]: the largest |U_v| of the columns left). Most
+    rows retire within the first chunks. The result is the float32 rank whatever the
+    screen's precision.
     """
     h32 = hn.float()
     n_rows = h32.shape[0]
+    biased = weights.bias is not None
     t = torch.stack(targets, dim=1)  # (N, J)
     n_targets = t.shape[1]
     z_t = (h32[:, None, :] * weights.unembed_f32[t]).sum(-1)  # (N, J) float32
-    if weights.bias is not None:
+    if biased:
         z_t = z_t + weights.bias[t]
     own = weights.position[t]  # (N, J) target columns in sorted order
     h_norm = h32.norm(dim=1) * RETIRE_MARGIN  # (N,)
@@ -282,10 +284,10 @@ def decode_ranks(
         c0, c1 = chunk.start, chunk.stop
         r = rows.take(active)
         z = screen.matmul(r, chunk)  # (n, Vc)
-        if weights.bias_sorted is not None:
+        if biased:
             z = z.float() + weights.bias_sorted[c0:c1]
         tau = z_t[active]  # (n, J)
-        band = screen.thresholds(tau, r, chunk, weights.bias is not None)  # hi, then lo
+        band = screen.thresholds(tau, r, chunk, biased)  # hi, then lo
         counts = count(z, band)  # (n, 2J)
         # The target's own column does not count (its screen logit is within the band).
         own_c = own[active] - c0  # (n, J)
@@ -304,7 +306,7 @@ def decode_ranks(
         if candidates:
             _rescore(h32, z_t, weights, ranks, candidates, max_rank)
         bound = h_norm[active] * weights.norm_from[c1]  # (n,) no later logit exceeds this
-        if weights.bias_from is not None:
+        if biased:
             bound = bound + weights.bias_from[c1]
         undecided = (ranks[active] < max_rank) & (bound[:, None] > tau)  # (n, J)
         active = active[undecided.any(dim=1)]
@@ -357,8 +359,7 @@ class TokenRankCache:
     """
 
     max_bytes: int = 64 * 2**20  # memory for cached states (d float32 each)
-    states: dict[int, Tensor] = field(default_factory=dict)
-    ranks: dict[int, int] = field(default_factory=dict)
+    entries: dict[int, tuple[Tensor, int]] = field(default_factory=dict)  # token: state, rank
     hits: int = 0
 
     def plan(self, h0: Tensor, inputs: Tensor) -> _Layer0Plan | None:
@@ -372,9 +373,9 @@ class TokenRankCache:
             return None
         known = torch.full_like(uniq, -1)
         for k, token in enumerate(uniq.tolist()):
-            cached = self.states.get(token)
-            if cached is not None and torch.equal(cached, rep[k]):
-                known[k] = self.ranks[token]
+            cached = self.entries.get(token)
+            if cached is not None and torch.equal(cached[0], rep[k]):
+                known[k] = cached[1]
         decode = torch.zeros(len(inputs), dtype=torch.bool, device=inputs.device)
         decode[first[known < 0]] = True
         return _Layer0Plan(uniq, inv, first, rep, known, decode)
@@ -386,9 +387,8 @@ class TokenRankCache:
         new = (plan.known < 0).nonzero().flatten()
         ranks[new] = decoded[plan.first[new]]
         for k, r in zip(new.tolist(), ranks[new].tolist(), strict=True):
-            if (len(self.states) + 1) * plan.rep.shape[1] * 4 <= self.max_bytes:
-                token = int(plan.uniq[k])
-                self.states[token], self.ranks[token] = plan.rep[k].clone(), r
+            if (len(self.entries) + 1) * plan.rep.shape[1] * 4 <= self.max_bytes:
+                self.entries[int(plan.uniq[k])] = (plan.rep[k].clone(), r)
         self.hits += len(plan.inv) - len(new)
         return ranks[plan.inv]
 
