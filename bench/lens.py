@@ -228,7 +228,7 @@ def count_executed(lm, tokens, **kw) -> dict[str, float]:
     }
 
 
-def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk: int = 16384):
+def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk: int | None = None):
     """Per layer: the share of rows that scan the whole vocabulary (never retired early), the
     share of the dense work executed, and the top-k match rates of that layer. Calls the
     engine's `decode_ranks` once per layer (vocabulary ordered as `run_lens` orders it),
@@ -238,7 +238,8 @@ def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk:
     from causalshift.lens import engine as E
     from causalshift.lens import metrics as M
 
-    weights = E.LensWeights.prepare(lm, torch.bfloat16, vocab_chunk, first=E.by_frequency(tokens))
+    chunk = vocab_chunk or E.VOCAB_CHUNK
+    weights = E.LensWeights.prepare(lm, torch.bfloat16, chunk, first=E.by_frequency(tokens))
     n_chunks = len(weights.chunks)
     k = max(topk)
     s = M.first_position(tokens, lm.bos_token_id)
@@ -276,7 +277,7 @@ def compare(
     tokens,
     *,
     reps: int = 2,
-    batch_size: int = 4,
+    batch_size: int = 8,
     device: str = "cpu",
     with_plain: bool = True,
     with_float32: bool = True,
@@ -426,7 +427,7 @@ def chunk_layout(
 # Scaling and memory
 
 
-def time_fast_path(lm, tokens, batch_size: int = 4, reps: int = 1, device: str = "cpu") -> float:
+def time_fast_path(lm, tokens, batch_size: int = 8, reps: int = 1, device: str = "cpu") -> float:
     """Median wall seconds of `run_lens` (bf16 fast path) on `tokens`."""
     from causalshift.lens.engine import run_lens
 
@@ -613,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-seqs", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument(
         "--gemma2-2b-shape",

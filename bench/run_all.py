@@ -56,7 +56,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
             logits=dict(preset="tiny", batch_size=4, steps=1, reps=1),
         )
     return dict(
-        lens=dict(num_seqs=8, seq_len=64, reps=2),
+        lens=dict(num_seqs=8, seq_len=64, reps=3),
         layout=dict(vocab=65536, rows=512, reps=2),
         scaling=dict(
             seqs=(1, 2, 4),
@@ -74,8 +74,8 @@ def _sizes(quick: bool) -> dict[str, Any]:
             dict(num_seqs=4, seq_len=64, batch_size=4, layers=24),
             dict(num_seqs=4, seq_len=64, batch_size=4, vocab=262144),
             dict(num_seqs=64, seq_len=64, batch_size=4),
-            dict(model="gemma-3-270m", num_seqs=4, seq_len=64, batch_size=4),
-            dict(model="gemma-3-270m", num_seqs=16, seq_len=64, batch_size=4),
+            dict(model="gemma-3-270m", num_seqs=8, seq_len=64, batch_size=8),
+            dict(model="gemma-3-270m", num_seqs=32, seq_len=64, batch_size=8),
         ],
         train=dict(preset="cpu-small", batch_size=4, steps=3, reps=3),
         modes=dict(preset="cpu-small", batch_size=2, steps=2, reps=9),

@@ -42,7 +42,7 @@ class AnalyzeConfig:
     )
     seq_len: int = option(128, "Tokens per sequence, BOS included when the tokenizer adds one.")
     batch_size: int | None = option(
-        None, "Sequences per forward pass (default 4 on CPU, 16 on GPU)."
+        None, "Sequences per forward pass (default 8 on CPU, 16 on GPU)."
     )
     topk: tuple[int, ...] = option(
         (1, 5), "Comma-separated k values for top-k match.", parse=int_list
@@ -61,8 +61,10 @@ class AnalyzeConfig:
     out: str | None = option(None, "Output folder (default runs/analyze-<timestamp>).")
     plots: bool = option(True, "Write topk_match.png and similarity.png.")
     seed: int = option(0, "Seed of the random-token baseline (cos_random).")
-    vocab_chunk: int = option(
-        16384, "Vocabulary columns decoded at once: the working set is positions x this."
+    vocab_chunk: int | None = option(
+        None,
+        "Vocabulary columns decoded at once, the working set is positions x this "
+        "(default 4096 on CPU, where the chunk's logits then stay in cache, 16384 on GPU).",
     )
 
     def __post_init__(self) -> None:
@@ -78,13 +80,14 @@ class AnalyzeConfig:
             raise UserError("--seq-len must be >= 3")
         if self.batch_size is not None and self.batch_size < 1:
             raise UserError("--batch-size must be >= 1")
-        if self.vocab_chunk < 1:
+        if self.vocab_chunk is not None and self.vocab_chunk < 1:
             raise UserError("--vocab-chunk must be >= 1")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def resolved(self) -> AnalyzeConfig:
-        """Fill the hardware-dependent defaults (device, num_seqs, batch_size, out)."""
+        """Fill the hardware-dependent defaults (device, num_seqs, batch_size, vocab_chunk,
+        out)."""
         import torch
 
         device = self.device
@@ -98,7 +101,8 @@ class AnalyzeConfig:
             self,
             device=device,
             num_seqs=self.num_seqs or (GPU_DEFAULT_SEQS if gpu else CPU_DEFAULT_SEQS),
-            batch_size=self.batch_size or (16 if gpu else 4),
+            batch_size=self.batch_size or (16 if gpu else 8),
+            vocab_chunk=self.vocab_chunk or (16384 if gpu else 4096),
             out=self.out or os.path.join("runs", f"analyze-{stamp}"),
         )
 
