@@ -75,15 +75,17 @@ def test_layer_zero_is_stream_entering_block_one(model_type):
     torch.testing.assert_close(h0, expected)
 
 
-def test_fast_lens_gives_the_float32_metrics():
-    """The bf16 screen only decides which entries to re-score: the metrics are the float32
-    ones (top-k hits identical; cosines computed in float32 in both)."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_fast_lens_gives_the_float32_metrics(dtype, monkeypatch):
+    """The bf16 and int8 screens only decide which entries to re-score: the metrics are the
+    float32 ones (top-k hits identical; cosines computed in float32 in both)."""
+    monkeypatch.setattr(engine, "INT8_AFTER", 20)  # int8 chunks after the first 20 columns
     model = tiny_model("llama")
     lm = lens_model(model, tokenizer=None, name="llama", source="config")
     tokens = torch.randint(0, 97, (8, 64), generator=torch.Generator().manual_seed(2))
     ref = engine.run_lens(lm, tokens, compute_dtype=torch.float32, progress=False, batch_size=4)
     fast = engine.run_lens(
-        lm, tokens, compute_dtype=torch.bfloat16, progress=False, batch_size=3, vocab_chunk=40
+        lm, tokens, compute_dtype=dtype, progress=False, batch_size=3, vocab_chunk=40
     )
     assert ref.num_positions == 8 * 63
     for r, f in zip(ref.accumulator.layer_summary(), fast.accumulator.layer_summary()):
@@ -161,17 +163,17 @@ def test_load_saved_hf_folder_and_errors(tmp_path):
         load(str(tmp_path / "empty"))
 
 
-def _lens_weights_of(unembed, bias, dtype, vocab_chunk, first=None):
+def _lens_weights_of(unembed, bias, dtype, vocab_chunk, first=None, int8_after=0):
     from types import SimpleNamespace
 
     from causalshift.lens.engine import LensWeights
 
     lm = SimpleNamespace(unembed=unembed, embed=unembed, tied_embeddings=True, unembed_bias=bias)
-    return LensWeights.prepare(lm, dtype, vocab_chunk=vocab_chunk, first=first)
+    return LensWeights.prepare(lm, dtype, vocab_chunk, first=first, int8_after=int8_after)
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("first", [None, torch.tensor([7, 3, 250, 0])])
 def test_decode_ranks_equals_reference_definition(with_bias, dtype, first):
     """The chunked, pruned rank count equals metrics.target_ranks on full logits (capped at
@@ -194,9 +196,10 @@ def test_decode_ranks_equals_reference_definition(with_bias, dtype, first):
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_decode_ranks_resolves_near_ties_below_bf16_resolution(with_bias):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_decode_ranks_resolves_near_ties_below_bf16_resolution(with_bias, dtype):
     """Competitors within 1e-5 (relative) of the target's logit, far below bf16's 2^-8: the
-    bf16 screen must leave them to the float32 re-scoring and still count them right."""
+    screen must leave them to the float32 re-scoring and still count them right."""
     from causalshift.lens.engine import decode_ranks
 
     g = torch.Generator().manual_seed(5)
@@ -211,7 +214,9 @@ def test_decode_ranks_resolves_near_ties_below_bf16_resolution(with_bias):
             eps = sign * 1e-5 * (k % 3 + 1)
             unembed[n + 6 * i + k] = unembed[i] * (1 + eps)
     bias = torch.zeros(500) if with_bias else None
-    weights = _lens_weights_of(unembed, bias, torch.bfloat16, 128)
+    weights = _lens_weights_of(unembed, bias, dtype, 128)
+    if dtype == torch.int8 and not with_bias:
+        assert type(weights.screens[-1]).__name__ == "Int8Screen"
     logits = h @ unembed.T
     expected = (logits > logits.gather(1, target[:, None])).sum(1)
     assert bool((expected >= 3).all())  # the near ties above really are above in float32
@@ -220,25 +225,85 @@ def test_decode_ranks_resolves_near_ties_below_bf16_resolution(with_bias):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e3])
-def test_screen_band_covers_the_bf16_error(scale):
-    """Every bf16 logit lies inside its entry's band around the exact logit."""
-    from causalshift.lens.screen import Screen
+@pytest.mark.parametrize("kind", ["bf16", "int8"])
+def test_screen_band_covers_the_screen_error(scale, kind):
+    """Every screen logit lies inside its entry's band around the exact logit, and the band
+    is narrow (bf16: a few roundings of |h| max |U_v|; int8: a few quantization steps)."""
+    from causalshift.lens.screen import Int8Screen, Screen
 
     g = torch.Generator().manual_seed(6)
     u = torch.randn(2000, 96, generator=g) * torch.rand(2000, 1, generator=g) * scale
+    u[:, 5] *= 20  # outlier channels, as in real residual streams and unembeddings
     h = torch.randn(50, 96, generator=g) * 10
-    h[:, 3] *= 50  # an outlier channel, as in real residual streams
-    screen = Screen(torch.bfloat16)
-    chunk = screen.prepare_chunk(u.bfloat16(), u.norm(dim=1), 0, len(u))
+    h[:, 3] *= 50
+    screen = Screen(torch.bfloat16) if kind == "bf16" else Int8Screen(96)
+    if kind == "int8":
+        assert screen.block == 32  # the largest power of two dividing 96, capped at 32
+    chunk = screen.prepare_chunk(u, u.norm(dim=1), 0, len(u))
     rows = screen.rows(h)
     exact = (h.double() @ u.double().T).float()
     z = screen.matmul(rows, chunk).float()
     # tau = every exact logit (one "target" per entry): the band of entry v around its own
-    # exact logit must contain its bf16 logit.
+    # exact logit must contain its screen logit.
     band = screen.thresholds(exact, rows, chunk)
     v = len(u)
     hi, lo = band[:, :v], band[:, v:]
     assert bool((z <= hi).all()) and bool((z >= lo).all())
-    # ... and is narrow: a few bf16 roundings of |h| max |U_v|
+    if kind == "int8":  # thresholds in units of z: one unit is s_h s_C / B of a logit
+        hi = hi * (rows.scale[:, None] * chunk.step / screen.block)
     width = (hi - exact) / (h.norm(dim=1)[:, None] * u.norm(dim=1).max())
-    assert float(width.max()) < 0.03
+    assert float(width.max()) < (0.03 if kind == "bf16" else 0.1)
+    assert float(width.min()) > 0
+
+
+def test_int8_screen_rotation_is_exact_in_the_dot_product():
+    """x . y_v = B (h . U_v) for the block Hadamard rotation (checked in float64)."""
+    from causalshift.lens.screen import Int8Screen, hadamard
+
+    h8 = hadamard(8)
+    assert torch.equal(h8 @ h8.T, 8 * torch.eye(8))
+    screen = Int8Screen(40)  # 40 = 8 x 5: blocks of 8
+    assert screen.block == 8
+    g = torch.Generator().manual_seed(3)
+    h, u = torch.randn(4, 40, generator=g), torch.randn(6, 40, generator=g)
+    x, y = screen.rotate(h).double(), screen.rotate(u).double()
+    torch.testing.assert_close(x @ y.T, 8 * (h.double() @ u.double().T), rtol=1e-6, atol=1e-5)
+    assert Int8Screen(97).block == 1  # odd width: no rotation
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_band_entries_by_blocks_equal_the_dense_mask(compiled):
+    """The two-step band search (counts per block, then the blocks that have any) finds the
+    same entries as the dense mask, the target's own column left out."""
+    from causalshift.lens import kernels
+
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(30, 4 * kernels.BAND_BLOCK, generator=g).to(torch.bfloat16)
+    sel = torch.tensor([0, 3, 4, 17, 29])
+    lo = torch.randn(5, generator=g)
+    hi = lo + 0.05
+    own = (z[sel].float() > lo[:, None]).float().argmax(1)  # sometimes inside the band
+    blocks = kernels.kernels_for(torch.device("cpu"), z.dtype)[1] if compiled else None
+    got = kernels.band_entries(z, sel, lo, hi, own, blocks or kernels.band_blocks)
+    want = kernels.band_mask(z, sel, lo, hi, own).nonzero(as_tuple=True)
+    assert len(want[0]) > 10
+    assert torch.equal(torch.stack(got), torch.stack(want))
+
+
+@pytest.mark.parametrize(
+    ("flags", "screen"),
+    [
+        ("fpu avx512f avx512_vnni avx512_bf16", torch.int8),
+        ("fpu avx512f avx512_bf16", torch.bfloat16),
+        ("fpu avx2", torch.float32),
+    ],
+)
+def test_auto_dtype_picks_the_fastest_cpu_screen(flags, screen, monkeypatch):
+    from causalshift.lens import models
+
+    monkeypatch.setattr(models, "_cpu_flags", lambda: f"flags\t: {flags}\n")
+    assert models.parse_dtype("auto", "cpu") == (torch.float32, screen)
+    assert models.parse_dtype("auto", "cuda") == (torch.bfloat16, torch.bfloat16)
+    assert models.parse_dtype("int8", "cpu") == (torch.float32, torch.int8)
+    with pytest.raises(UserError, match="CPU screen"):
+        models.parse_dtype("int8", "cuda:0")

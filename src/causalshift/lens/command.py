@@ -49,10 +49,11 @@ class AnalyzeConfig:
     )
     dtype: str = option(
         "auto",
-        "Precision of the lens' screening matmul: auto (bf16 where the hardware has it), "
-        "float32, bfloat16. The ranks are the float32 ranks either way; only speed differs "
-        "(on CUDA bfloat16/auto also load the weights in bf16).",
-        choices=["auto", "float32", "bfloat16"],
+        "Precision of the lens' screening matmul: auto (CPU: int8 where the CPU has int8 dot "
+        "products (VNNI/AMX), else bf16 where it has bf16 matmul, else float32; GPU: bf16), "
+        "float32, bfloat16, int8 (CPU). The ranks are the float32 ranks either way; only "
+        "speed differs (on CUDA bfloat16/auto also load the weights in bf16).",
+        choices=["auto", "float32", "bfloat16", "int8"],
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     device_map: str | None = option(
@@ -178,6 +179,7 @@ def analyze(cfg: AnalyzeConfig) -> Path | None:
                 "shift_layer": shift_layers(
                     [r[f"top{k}_input"] for r in layers], [r[f"top{k}_output"] for r in layers]
                 ),
+                "lens_screens": list(run_.screens),
                 "seconds": seconds,
                 "tokens_per_second": cfg.num_seqs * cfg.seq_len / seconds if seconds > 0 else None,
             }

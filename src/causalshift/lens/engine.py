@@ -10,7 +10,7 @@ soon as their top-k is decided), and reduced at once to per-sequence sums.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -19,8 +19,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from causalshift.lens import metrics as M
-from causalshift.lens.models import LensModel, parse_dtype
-from causalshift.lens.screen import Screen, ScreenChunk
+from causalshift.lens.kernels import band_entries, kernels_for
+from causalshift.lens.models import LensModel, cpu_has_bf16, parse_dtype
+from causalshift.lens.screen import Int8Screen, Screen, ScreenChunk, make_screen
+
+# With the int8 screen, the first columns (the text's own tokens, where most rows are decided
+# and many targets sit near the threshold) go through the bf16 screen, whose band is ~5x
+# narrower: fewer entries to re-score. The rest of the vocabulary, scanned mostly by rows whose
+# target really is in the top-k, goes through int8.
+INT8_AFTER = 16384
 
 # Vocabulary columns per chunk: on CPU a chunk's logits for ~1000 rows (8 MiB of bf16) then
 # stay in cache between the matmul and the count, ~20% faster than 16384 here.
@@ -128,8 +135,9 @@ class LensWeights:
     into chunks prepared for the screen matmul (bf16 or float32).
     """
 
-    screen: Screen
+    screens: list[Screen | Int8Screen]  # one, or bf16/float32 then int8 (see INT8_AFTER)
     chunks: list[ScreenChunk]  # the sorted vocabulary in column ranges, small ones first
+    chunk_screen: list[int]  # index in screens of each chunk's screen
     order: Tensor  # (V,) sorted column -> token id
     position: Tensor  # (V,) token id -> column in the sorted order
     norm_from: Tensor  # (V+1,) float32: max |U_v| over ordered columns c.. (0 at the end)
@@ -146,15 +154,24 @@ class LensWeights:
         compute_dtype: torch.dtype,
         vocab_chunk: int = VOCAB_CHUNK,
         first: Tensor | None = None,
+        int8_after: int | None = None,
     ) -> LensWeights:
         """Order the vocabulary and prepare the screen's copy of U a chunk at a time.
 
         Order: the token ids `first` (in the given order), then the rest by decreasing |U_v|.
         `run_lens` passes the analyzed text's tokens, most frequent first: they are likely to
         have high logits, so rows whose target is not in the top-k meet max_rank entries
-        above it sooner. Any order gives the same ranks.
+        above it sooner. Any order gives the same ranks. With an int8 screen, chunks before
+        column int8_after (default INT8_AFTER) use the bf16 (or float32) screen.
         """
-        screen = Screen(compute_dtype, lm.unembed.device)
+        device, hidden = lm.unembed.device, lm.unembed.shape[1]
+        fine = torch.bfloat16 if cpu_has_bf16() else torch.float32  # int8's companion
+        if compute_dtype == torch.int8 and lm.unembed_bias is not None:
+            compute_dtype = fine  # no bias in the int8 screen
+        screens = [make_screen(compute_dtype, device, hidden)]
+        if compute_dtype == torch.int8:  # the first columns through a narrower screen
+            screens.insert(0, make_screen(fine, device, hidden))
+        int8_after = INT8_AFTER if int8_after is None else int8_after
         u32 = lm.unembed.detach().float()
         e32 = u32 if lm.tied_embeddings else lm.embed.detach().float().to(u32.device)
         norms = u32.norm(dim=1)
@@ -175,17 +192,28 @@ class LensWeights:
             rev_max = torch.cummax(bias_sorted.flip(0), dim=0).values.flip(0)
             bias_from = torch.cat([rev_max, rev_max.new_full((1,), -torch.inf)])
         u = lm.unembed.detach()
-        chunks, rows = [], None
+        chunks, chunk_screen, rows = [], [], None
         for c0, c1 in chunk_bounds(len(order), vocab_chunk):
             # Gathered and rounded a chunk at a time (no second full-size copy); index_select
             # into a reused buffer copies whole rows, 2x faster than advanced indexing here.
             if rows is not None and rows.shape[0] != c1 - c0:
                 rows = None
             rows = torch.index_select(u, 0, order[c0:c1], out=rows)
-            w = rows.to(compute_dtype, copy=True)
-            chunks.append(screen.prepare_chunk(w, norms[order[c0:c1]], c0, c1))
+            k = 1 if len(screens) > 1 and c0 >= int8_after else 0
+            chunks.append(screens[k].prepare_chunk(rows, norms[order[c0:c1]], c0, c1))
+            chunk_screen.append(k)
         return cls(
-            screen, chunks, order, position, norm_from, bias, bias_sorted, bias_from, e32, u32
+            screens,
+            chunks,
+            chunk_screen,
+            order,
+            position,
+            norm_from,
+            bias,
+            bias_sorted,
+            bias_from,
+            e32,
+            u32,
         )
 
     @property
@@ -207,58 +235,6 @@ def chunk_bounds(vocab_size: int, vocab_chunk: int) -> list[tuple[int, int]]:
         bounds.append((c0, min(c0 + size, vocab_size)))
         c0, size = c0 + size, min(2 * size, vocab_chunk)
     return bounds
-
-
-def count_above(z: Tensor, thresholds: Tensor) -> Tensor:
-    """For each row and threshold j: how many columns of z (n, Vc) are strictly above
-    thresholds (n, J), compared in float32 (z may be bf16). Returns (n, J) int32.
-
-    One reduction per threshold (unrolled when compiled): 3x faster on CPU than a single
-    (n, J, Vc) comparison.
-    """
-    zf = z.float()
-    above = [
-        (zf > thresholds[:, j : j + 1]).sum(-1, dtype=torch.int32)
-        for j in range(thresholds.shape[1])
-    ]
-    return torch.stack(above, dim=1)
-
-
-def band_mask(z: Tensor, sel: Tensor, lo: Tensor, hi: Tensor, own: Tensor) -> Tensor:
-    """The entries of rows sel of z (n, Vc) inside their row's band (lo, hi] (m,), the
-    target's own column own (m,) left out: (m, Vc) bool."""
-    zf = z.index_select(0, sel).float()
-    cols = torch.arange(z.shape[1], device=z.device)
-    return (zf > lo[:, None]) & (zf <= hi[:, None]) & (cols != own[:, None])
-
-
-_compiled: dict[str, Callable[..., Tensor]] = {}
-
-
-def _compiled_cpu(fn: Callable[..., Tensor], *example: Tensor) -> Callable[..., Tensor]:
-    """fn fused into one pass over its inputs by torch.compile, compiled once per process;
-    fn itself when compilation is unavailable (e.g. no C++ compiler)."""
-    if fn.__name__ not in _compiled:
-        try:
-            compiled = torch.compile(fn, dynamic=True)
-            compiled(*example)
-            _compiled[fn.__name__] = compiled
-        except Exception:  # noqa: BLE001 - any compiler failure falls back to eager
-            _compiled[fn.__name__] = fn
-    return _compiled[fn.__name__]
-
-
-def _kernels(device: torch.device, dtype: torch.dtype) -> tuple[Callable[..., Tensor], ...]:
-    """(count_above, band_mask): compiled on CPU, where eager PyTorch materializes every
-    float copy and boolean mask (~20x slower for count_above here); eager elsewhere."""
-    if device.type != "cpu":
-        return count_above, band_mask
-    z = torch.zeros(3, 5, dtype=dtype)
-    idx, lo, hi = torch.tensor([0, 2]), torch.zeros(2), torch.ones(2)
-    return (
-        _compiled_cpu(count_above, z, torch.zeros(3, 4)),
-        _compiled_cpu(band_mask, z, idx, lo, hi, idx),
-    )
 
 
 # Float32 logits can exceed |h| |U_v| by the rounding of a d-term dot product (d 2^-24
@@ -299,14 +275,15 @@ def decode_ranks(
         z_t = z_t + weights.bias[t]
     own = weights.position[t]  # (N, J) target columns in sorted order
     h_norm = h32.norm(dim=1) * RETIRE_MARGIN  # (N,)
-    screen = weights.screen
-    rows = screen.rows(h32)
-    count, in_band = _kernels(h32.device, screen.dtype)
+    rows = [screen.rows(h32) for screen in weights.screens]
+    kernels = {s.output_dtype: kernels_for(h32.device, s.output_dtype) for s in weights.screens}
     ranks = torch.zeros_like(t)
     active = torch.arange(n_rows, device=h32.device)
-    for chunk in weights.chunks:
+    for chunk, k in zip(weights.chunks, weights.chunk_screen, strict=True):
         c0, c1 = chunk.start, chunk.stop
-        r = rows.take(active)
+        screen = weights.screens[k]
+        count, blocks = kernels[screen.output_dtype]
+        r = rows[k].take(active)
         z = screen.matmul(r, chunk)  # (n, Vc)
         if biased:
             z = z.float() + weights.bias_sorted[c0:c1]
@@ -325,8 +302,7 @@ def decode_ranks(
         candidates = []  # (row, sorted column, target j)
         for j in need.any(dim=0).nonzero().flatten().tolist():
             sel = need[:, j].nonzero().flatten()
-            mask = in_band(z, sel, lo[sel, j], hi[sel, j], own_c[sel, j])  # (m, Vc)
-            rr, cc = mask.nonzero(as_tuple=True)
+            rr, cc = band_entries(z, sel, lo[sel, j], hi[sel, j], own_c[sel, j], blocks)
             candidates.append((active[sel][rr], cc + c0, torch.full_like(rr, j)))
         if candidates:
             _rescore(h32, z_t, weights, ranks, candidates, max_rank)
@@ -473,6 +449,7 @@ class LensRun:
     seconds: float
     tokens: int
     reused_layer0_ranks: int = 0  # positions whose layer-0 input rank came from the cache
+    screens: tuple[str, ...] = ()  # the screens' dtypes, in vocabulary order
 
 
 def run_lens(
@@ -552,4 +529,5 @@ def run_lens(
         seconds=seconds,
         tokens=len(indices) * seq_len,
         reused_layer0_ranks=0 if cache is None else cache.hits,
+        screens=tuple(str(s.dtype).replace("torch.", "") for s in weights.screens),
     )

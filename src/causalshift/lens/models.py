@@ -343,28 +343,45 @@ def _converted_gguf(gguf: Path, name: str) -> Path:
 
 
 def parse_dtype(name: str, device: str) -> tuple[torch.dtype, torch.dtype]:
-    """`--dtype` -> (weights dtype, lens matmul dtype).
+    """`--dtype` -> (weights dtype, lens screen dtype).
 
-    auto: on CUDA bf16 weights and a bf16 lens screen; on CPU float32 weights (the model's own
-    forward is cheap) and a bf16 screen when the CPU has bf16 matmul support (AMX /
-    AVX-512 bf16), else float32. The screen's dtype changes speed, not the ranks
-    (`causalshift.lens.screen`).
+    auto: on CUDA bf16 weights and a bf16 screen; on CPU float32 weights (the model's own
+    forward is cheap) and the fastest screen the CPU has: int8 with int8 dot-product
+    instructions (VNNI, AMX), else bf16 with bf16 matmul support (AVX-512 bf16, AMX), else
+    float32. The screen's dtype changes speed, not the ranks (`causalshift.lens.screen`).
     """
+    gpu = device.startswith("cuda")
     if name == "float32":
         return torch.float32, torch.float32
     if name == "bfloat16":
-        return (torch.bfloat16 if device.startswith("cuda") else torch.float32), torch.bfloat16
+        return (torch.bfloat16 if gpu else torch.float32), torch.bfloat16
+    if name == "int8":
+        if gpu:
+            raise UserError("--dtype int8 is a CPU screen; use bfloat16 or auto on GPUs")
+        return torch.float32, torch.int8
     if name != "auto":
-        raise UserError(f"unknown --dtype {name!r} (auto, float32, bfloat16)")
-    if device.startswith("cuda"):
+        raise UserError(f"unknown --dtype {name!r} (auto, float32, bfloat16, int8)")
+    if gpu:
         return torch.bfloat16, torch.bfloat16
+    if cpu_has_int8():
+        return torch.float32, torch.int8
     return torch.float32, (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+
+
+def _cpu_flags() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_has_int8() -> bool:
+    """True when this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX)."""
+    flags = _cpu_flags()
+    return any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8"))
 
 
 def cpu_has_bf16() -> bool:
     """True when this CPU multiplies bf16 natively (AMX or AVX-512 bf16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return " amx_bf16" in flags or " avx512_bf16" in flags
