@@ -152,25 +152,30 @@ def spread(xs: list[float]) -> str:
 
 
 def matmul_peak(
-    dtypes: tuple[str, ...] = ("bfloat16", "float32"),
+    dtypes: tuple[str, ...] = ("bfloat16", "float32", "int8"),
     size: tuple[int, int, int] = (2048, 2048, 2048),
     reps: int = 5,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Measured GFLOP/s of torch.mm (m, k) @ (k, n) per dtype, interleaved; the best of
-    `reps` (a peak, so the least-disturbed repetition is the right estimate)."""
+    """Measured GFLOP/s (int8: GOP/s of `torch._int_mm`, CPU only) of (m, k) @ (k, n) per
+    dtype, interleaved; the best of `reps` (a peak, so the least-disturbed repetition is the
+    right estimate)."""
     import torch
 
     m, k, n = size
     gen = torch.Generator().manual_seed(0)
-    mats = {
-        d: (
-            torch.randn(m, k, generator=gen).to(device=device, dtype=getattr(torch, d)),
-            torch.randn(k, n, generator=gen).to(device=device, dtype=getattr(torch, d)),
-        )
-        for d in dtypes
-    }
-    fns = {d: (lambda a=a, b=b: torch.mm(a, b)) for d, (a, b) in mats.items()}
+    fns = {}
+    for d in dtypes:
+        if d == "int8":
+            if device != "cpu":
+                continue
+            a = torch.randint(-127, 128, (m, k), generator=gen, dtype=torch.int8)
+            b = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+            fns[d] = lambda a=a, b=b: torch._int_mm(a, b.T)
+        else:
+            a = torch.randn(m, k, generator=gen).to(device=device, dtype=getattr(torch, d))
+            b = torch.randn(k, n, generator=gen).to(device=device, dtype=getattr(torch, d))
+            fns[d] = lambda a=a, b=b: torch.mm(a, b)
     alternate(fns, 1, device)  # warm-up
     times, _ = alternate(fns, reps, device)
     return {d: 2 * m * k * n / min(ts) / 1e9 for d, ts in times.items()}

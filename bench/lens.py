@@ -192,38 +192,48 @@ def run_means(run) -> Any:
 
 
 @contextmanager
-def counting_screen_matmuls() -> Iterator[list[tuple[int, int]]]:
-    """Record (rows, columns) of every screen matmul the engine runs, while in the block."""
-    from causalshift.lens.screen import Screen
+def counting_screen_matmuls() -> Iterator[list[tuple[int, int, str]]]:
+    """Record (rows, columns, screen dtype) of every screen matmul the engine runs."""
+    from causalshift.lens.screen import Int8Screen, Screen
 
-    seen: list[tuple[int, int]] = []
-    original = Screen.matmul
+    seen: list[tuple[int, int, str]] = []
+    originals = {cls: cls.matmul for cls in (Screen, Int8Screen)}
 
-    def counting(self, rows, chunk):
-        out = original(self, rows, chunk)
-        seen.append((out.shape[0], out.shape[1]))
-        return out
+    def counting(original):
+        def matmul(self, rows, chunk):
+            out = original(self, rows, chunk)
+            seen.append((out.shape[0], out.shape[1], str(self.dtype).replace("torch.", "")))
+            return out
 
-    Screen.matmul = counting
+        return matmul
+
+    for cls, original in originals.items():
+        cls.matmul = counting(original)
     try:
         yield seen
     finally:
-        Screen.matmul = original
+        for cls, original in originals.items():
+            cls.matmul = original
 
 
-def count_executed(lm, tokens, **kw) -> dict[str, float]:
-    """Run the fast path once counting the screen matmuls: the matmul work actually done."""
+def count_executed(lm, tokens, **kw) -> dict[str, Any]:
+    """Run the lens once counting the screen matmuls: the matmul work actually done, in all
+    and per screen dtype (fractions of the dense work)."""
     from causalshift.lens import engine as E
 
     with counting_screen_matmuls() as seen:
         run = E.run_lens(lm, tokens, progress=False, **kw)
     d, vocab = lm.unembed.shape[1], lm.unembed.shape[0]
     full = (lm.num_layers + 1) * run.num_positions * vocab
-    row_cols = sum(r * c for r, c in seen)
+    row_cols = sum(r * c for r, c, _ in seen)
+    by_screen: dict[str, float] = {}
+    for r, c, dt in seen:
+        by_screen[dt] = by_screen.get(dt, 0.0) + r * c / full
     return {
         "executed_flops": 2.0 * d * row_cols,
         "effective_flops": 2.0 * d * full,
         "executed_fraction": row_cols / full,
+        "executed_fraction_by_screen": by_screen,
         "chunk_matmuls": len(seen),
     }
 
@@ -237,9 +247,11 @@ def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk:
 
     from causalshift.lens import engine as E
     from causalshift.lens import metrics as M
+    from causalshift.lens.models import parse_dtype
 
     chunk = vocab_chunk or E.VOCAB_CHUNK
-    weights = E.LensWeights.prepare(lm, torch.bfloat16, chunk, first=E.by_frequency(tokens))
+    dtype = parse_dtype("auto", str(lm.device))[1]  # the default screen
+    weights = E.LensWeights.prepare(lm, dtype, chunk, first=E.by_frequency(tokens))
     n_chunks = len(weights.chunks)
     k = max(topk)
     s = M.first_position(tokens, lm.bos_token_id)
@@ -260,7 +272,7 @@ def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk:
                 {
                     "layer": layer,
                     "rows_scanning_all_vocab": at_end / n,
-                    "work_executed": sum(r * c for r, c in seen) / (n * weights.vocab_size),
+                    "work_executed": sum(r * c for r, c, _ in seen) / (n * weights.vocab_size),
                     f"top{k}_input": float((r_in < k).float().mean()),
                     f"top{k}_output": float((r_out < k).float().mean()),
                 }
@@ -283,7 +295,8 @@ def compare(
     with_float32: bool = True,
     peak: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Plain vs ours float32 vs ours bf16, interleaved, on the same sequences.
+    """Plain vs ours float32 vs ours bf16 vs ours fast (the default, `--dtype auto`: the int8
+    screen where the CPU has int8 dot products), interleaved, on the same sequences.
 
     Times are wall seconds of the whole call (forward, lens and weight preparation).
     """
@@ -296,14 +309,18 @@ def compare(
             lm, tokens, compute_dtype=dtype, batch_size=batch_size, progress=False
         )
 
-    # Warm-up: compiles the count kernel, touches every weight once.
-    run_lens(lm, tokens[:1, :16], compute_dtype=torch.bfloat16, progress=False)
+    # Warm-up: compiles the kernels, touches every weight once.
+    for dtype in (None, torch.bfloat16):
+        run_lens(lm, tokens[:1, :16], compute_dtype=dtype, progress=False)
+    fast_screens = list(run_lens(lm, tokens[:1, :4], progress=False).screens)
     fns: dict[str, Any] = {}
     if with_plain:
         fns["plain"] = lambda: plain_lens(lm, tokens, batch_size=batch_size)
     if with_float32:
         fns["ours_float32"] = ours(torch.float32)
-    fns["ours_bf16"] = ours(torch.bfloat16)
+    if fast_screens != ["bfloat16"]:
+        fns["ours_bf16"] = ours(torch.bfloat16)
+    fns["ours_fast"] = ours(None)
 
     def forward_only():
         with torch.inference_mode():
@@ -313,7 +330,7 @@ def compare(
     fns["forward_only"] = forward_only
     times, last = alternate(fns, reps, device)
     n_tok = tokens.numel()
-    positions = last["ours_bf16"].num_positions
+    positions = last["ours_fast"].num_positions
     d, vocab = lm.unembed.shape[1], lm.unembed.shape[0]
     lens_flops = (lm.num_layers + 1) * 2.0 * d * vocab * positions
     out: dict[str, Any] = {
@@ -327,6 +344,7 @@ def compare(
         "d_model": d,
         "vocab": vocab,
         "reps": reps,
+        "fast_screens": fast_screens,
         "seconds": times,
         "median_seconds": {k: median(v) for k, v in times.items()},
         "tokens_per_second": {k: n_tok / median(v) for k, v in times.items()},
@@ -334,30 +352,31 @@ def compare(
     }
     med = out["median_seconds"]
     if with_plain:
-        out["speedup_bf16_vs_plain"] = med["plain"] / med["ours_bf16"]
+        out["speedup_fast_vs_plain"] = med["plain"] / med["ours_fast"]
         # ratio of each repetition's pair (they ran next to each other)
-        out["speedup_bf16_vs_plain_per_rep"] = [
-            p / b for p, b in zip(times["plain"], times["ours_bf16"], strict=True)
+        out["speedup_fast_vs_plain_per_rep"] = [
+            p / b for p, b in zip(times["plain"], times["ours_fast"], strict=True)
         ]
+    if "ours_bf16" in med:
+        out["speedup_fast_vs_bf16"] = med["ours_bf16"] / med["ours_fast"]
     if with_float32:
-        out["speedup_bf16_vs_float32"] = med["ours_float32"] / med["ours_bf16"]
+        out["speedup_fast_vs_float32"] = med["ours_float32"] / med["ours_fast"]
     if with_plain and with_float32:
         out["speedup_float32_vs_plain"] = med["plain"] / med["ours_float32"]
     # Agreement of the metrics.
-    fast = run_means(last["ours_bf16"])
+    fast = run_means(last["ours_fast"])
+    names = last["ours_fast"].accumulator.names
     if with_float32:
         ref = run_means(last["ours_float32"])
-        out["max_abs_diff_bf16_vs_float32"] = float((fast - ref).abs().max())
+        out["max_abs_diff_fast_vs_float32"] = float((fast - ref).abs().max())
         out["max_abs_diff_by_metric"] = dict(
-            zip(
-                last["ours_bf16"].accumulator.names,
-                (fast - ref).abs().amax(0).tolist(),
-                strict=True,
-            )
+            zip(names, (fast - ref).abs().amax(0).tolist(), strict=True)
         )
+        if "ours_bf16" in last:
+            bf16 = run_means(last["ours_bf16"])
+            out["max_abs_diff_bf16_vs_float32"] = float((bf16 - ref).abs().max())
         # A top-k mean moves by 1/positions per position whose hit flips: how many flipped.
-        names = last["ours_bf16"].accumulator.names
-        out["flipped_positions_bf16_vs_float32"] = {
+        out["flipped_positions_fast_vs_float32"] = {
             n: round(float((fast - ref)[:, i].abs().max()) * positions)
             for i, n in enumerate(names)
             if n.startswith("top")
@@ -367,27 +386,26 @@ def compare(
         assert plain_positions == positions
         if with_float32:
             out["max_abs_diff_plain_vs_float32"] = float((plain - ref).abs().max())
-        out["max_abs_diff_bf16_vs_plain"] = float((fast - plain).abs().max())
+        out["max_abs_diff_fast_vs_plain"] = float((fast - plain).abs().max())
     # Throughput of the projection.
     lens_seconds = {k: med[k] - med["forward_only"] for k in med if k != "forward_only"}
     out["lens_seconds_excluding_forward"] = lens_seconds
     out["effective_gflops"] = {k: lens_flops / med[k] / 1e9 for k in med if k != "forward_only"}
     from causalshift.lens.engine import LensWeights
+    from causalshift.lens.models import parse_dtype
 
-    out["weights_prepare_seconds"] = timed(lambda: LensWeights.prepare(lm, torch.bfloat16), device)[
+    fast_dtype = parse_dtype("auto", device)[1]
+    out["weights_prepare_seconds"] = timed(lambda: LensWeights.prepare(lm, fast_dtype), device)[
         0
-    ]  # sort + bf16 copy of U, once per run_lens call (included in the times above)
+    ]  # order + the screens' copies of U, once per run_lens call (included in the times above)
     executed = count_executed(lm, tokens, batch_size=batch_size)
     out.update(executed)
-    out["executed_gflops_bf16"] = executed["executed_flops"] / med["ours_bf16"] / 1e9
+    out["executed_gops_fast"] = executed["executed_flops"] / med["ours_fast"] / 1e9
     if peak:
         out["matmul_peak_gflops"] = peak
-        out["effective_fraction_of_bf16_peak"] = out["effective_gflops"]["ours_bf16"] / peak.get(
-            "bfloat16", float("nan")
-        )
-        out["executed_fraction_of_bf16_peak"] = out["executed_gflops_bf16"] / peak.get(
-            "bfloat16", float("nan")
-        )
+        main = peak.get(fast_screens[-1], float("nan"))  # most of the vocabulary's screen
+        out["effective_fraction_of_fast_peak"] = out["effective_gflops"]["ours_fast"] / main
+        out["executed_fraction_of_fast_peak"] = out["executed_gops_fast"] / main
     return out
 
 
@@ -548,26 +566,26 @@ def _touch(lm) -> None:
 
 
 def weights_memory_probe(vocab: int = 262144, hidden: int = 640) -> dict[str, Any]:
-    """Peak memory and time of `LensWeights.prepare` (ordering the vocabulary, the screen's
-    bf16 copy of U built a chunk at a time), in a fresh process."""
+    """Peak memory and time of `LensWeights.prepare` (ordering the vocabulary, the default
+    screens' copy of U built a chunk at a time), in a fresh process."""
     quiet_openmp()
-    import torch
-
     from causalshift.lens.engine import LensWeights
+    from causalshift.lens.models import parse_dtype
 
     lm = random_model(hidden=hidden, layers=1, vocab=vocab)
     _touch(lm)
     peak_reset = reset_peak_rss()
     base = vm_status()
     t0 = time.perf_counter()
-    w = LensWeights.prepare(lm, torch.bfloat16)
+    w = LensWeights.prepare(lm, parse_dtype("auto", "cpu")[1])
     seconds = time.perf_counter() - t0
     peak = vm_status()
     mib = 1 / 2**20
     return {
         "vocab": vocab,
         "d_model": hidden,
-        "bf16_copy_mib": sum(c.weight.numel() for c in w.chunks) * 2 * mib,
+        "screens": "+".join(str(s.dtype).replace("torch.", "") for s in w.screens),
+        "copy_mib": sum(c.weight.numel() * c.weight.element_size() for c in w.chunks) * mib,
         "extra_peak_mib": (peak.get("VmHWM", 0) - base.get("VmRSS", 0)) * mib,
         "seconds": seconds,
         "peak_reset": peak_reset,

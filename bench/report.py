@@ -44,8 +44,18 @@ def _machine(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _peak_key(contender: str) -> str:
+def _peak_key(contender: str, g: dict[str, Any]) -> str:
+    if contender == "ours_fast":
+        return (g.get("fast_screens") or ["bfloat16"])[-1]
     return "bfloat16" if contender == "ours_bf16" else "float32"
+
+
+def _screens(g: dict[str, Any]) -> str:
+    """The fast path's screens in words, e.g. 'int8 (bf16 for the first columns)'."""
+    sc = g.get("fast_screens") or ["bfloat16"]
+    if len(sc) == 1:
+        return sc[0].replace("bfloat16", "bf16")
+    return f"{sc[-1]}, {sc[0].replace('bfloat16', 'bf16')} for the first 16,384 columns"
 
 
 def _lens(res: dict[str, Any]) -> str:
@@ -59,7 +69,8 @@ def _lens(res: dict[str, Any]) -> str:
     names = {
         "plain": "plain (HF hidden states, fp32 logits, torch.topk)",
         "ours_float32": "ours, float32 (`compute_dtype=torch.float32`)",
-        "ours_bf16": "ours, fast path (bf16, default)",
+        "ours_bf16": "ours, bf16 screen (`compute_dtype=torch.bfloat16`)",
+        "ours_fast": f"ours, fast path (default `--dtype auto`: {_screens(g)} screen)",
         "forward_only": "model forward only (hooks, no lens)",
     }
     rows = []
@@ -74,8 +85,8 @@ def _lens(res: dict[str, Any]) -> str:
                 "tokens/s": tps[k],
                 "x plain": med["plain"] / med[k] if "plain" in med else None,
                 "effective GFLOP/s": eff.get(k),
-                "of its dtype's matmul peak": _pct(
-                    eff[k] / peak[_peak_key(k)] if k in eff and _peak_key(k) in peak else None
+                "of its screen's matmul peak": _pct(
+                    eff[k] / peak[_peak_key(k, g)] if k in eff and _peak_key(k, g) in peak else None
                 ),
             }
         )
@@ -92,25 +103,27 @@ def _lens(res: dict[str, Any]) -> str:
         "\nEffective GFLOP/s count the whole (L+1) x 2 x d x V per position; the pruned "
         "paths skip most of it, so they can exceed the matmul peak.\n",
         f"\n**Speedup of the fast path over the plain implementation: "
-        f"{_f(g.get('speedup_bf16_vs_plain'))}x** (per repetition, each pair run back to back: "
-        f"{', '.join(f'{x:.2f}' for x in g.get('speedup_bf16_vs_plain_per_rep', []))}); "
-        f"fast path vs our float32 path: {_f(g.get('speedup_bf16_vs_float32'))}x; "
+        f"{_f(g.get('speedup_fast_vs_plain'))}x** (per repetition, each pair run back to back: "
+        f"{', '.join(f'{x:.2f}' for x in g.get('speedup_fast_vs_plain_per_rep', []))}); "
+        f"fast path vs our bf16 screen: {_f(g.get('speedup_fast_vs_bf16'))}x; "
+        f"fast path vs our float32 path: {_f(g.get('speedup_fast_vs_float32'))}x; "
         f"our float32 vs plain: {_f(g.get('speedup_float32_vs_plain'))}x.\n",
         "\n### Agreement of the metrics\n",
         f"Largest absolute difference over all layers and metrics: fast path vs float32 "
-        f"reference **{_f(g.get('max_abs_diff_bf16_vs_float32'), '.2e')}** (goal < 0.01; "
-        "the ranks are the float32 ranks, see `causalshift.lens.screen`); "
+        f"reference **{_f(g.get('max_abs_diff_fast_vs_float32'), '.2e')}** (goal < 0.01; "
+        "the ranks are the float32 ranks, see `causalshift.lens.screen`); bf16 screen vs "
+        f"float32 {_f(g.get('max_abs_diff_bf16_vs_float32'), '.2e')}; "
         f"plain vs our float32 {_f(g.get('max_abs_diff_plain_vs_float32'), '.2e')}; "
-        f"fast path vs plain {_f(g.get('max_abs_diff_bf16_vs_plain'), '.2e')}. The cosines and "
+        f"fast path vs plain {_f(g.get('max_abs_diff_fast_vs_plain'), '.2e')}. The cosines and "
         "the projection are float32 in every path; only the top-k columns can differ.\n",
     ]
-    flips = g.get("flipped_positions_bf16_vs_float32")
+    flips = g.get("flipped_positions_fast_vs_float32")
     if flips:
         out.append(
             "Top-k hits that differ between the fast path and the float32 reference, at the "
             f"worst layer, out of {g['positions']} positions: "
             + ", ".join(f"{k} {v}" for k, v in flips.items())
-            + ". The fast path computes float32 ranks (bf16 screen, float32 re-scoring of "
+            + ". The fast path computes float32 ranks (screen, then float32 re-scoring of "
             "every entry within the screen's error bound), so these should all be 0.\n"
         )
     by_metric = g.get("max_abs_diff_by_metric")
@@ -118,33 +131,37 @@ def _lens(res: dict[str, Any]) -> str:
         out.append(
             md_table(
                 [
-                    {"metric": k, "max abs diff (bf16 vs f32)": f"{v:.2e}"}
+                    {"metric": k, "max abs diff (fast vs f32)": f"{v:.2e}"}
                     for k, v in by_metric.items()
                 ]
             )
         )
-    fwd_share = med["forward_only"] / med["ours_bf16"] if "forward_only" in med else None
+    fwd_share = med["forward_only"] / med["ours_fast"] if "forward_only" in med else None
+    main = _peak_key("ours_fast", g)
+    by_screen = g.get("executed_fraction_by_screen") or {}
+    split = ", ".join(f"{k} {_pct(v)}" for k, v in by_screen.items())
     out += [
         "\n### The projection against this machine's matmul peak\n",
         f"Effective work of the lens projection: (L+1) x 2 x d x V = "
-        f"{g['lens_gflop_per_token']:.2f} GFLOP per decoded position. Measured peak of "
-        f"`torch.mm` (2048^3, best of 5, same run): bf16 {_f(peak.get('bfloat16'))} GFLOP/s, "
-        f"float32 {_f(peak.get('float32'))} GFLOP/s.\n\n"
-        f"- Fast path: effective {_f(eff.get('ours_bf16'))} GFLOP/s = "
-        f"{_pct(g.get('effective_fraction_of_bf16_peak'))} of the bf16 peak (effective FLOPs "
-        "count the whole vocabulary, as a dense implementation must).\n"
+        f"{g['lens_gflop_per_token']:.2f} GFLOP per decoded position. Measured peak "
+        f"(2048^3, best of 5, same run): `torch.mm` bf16 {_f(peak.get('bfloat16'))} GFLOP/s, "
+        f"float32 {_f(peak.get('float32'))} GFLOP/s; `torch._int_mm` int8 "
+        f"{_f(peak.get('int8'))} GOP/s.\n\n"
+        f"- Fast path: effective {_f(eff.get('ours_fast'))} GFLOP/s = "
+        f"{_pct(g.get('effective_fraction_of_fast_peak'))} of the {main} peak (effective "
+        "FLOPs count the whole vocabulary, as a dense implementation must).\n"
         f"- Rows x columns actually multiplied by the pruned path (counted by wrapping the "
-        f"screen's matmul, one extra untimed run): "
+        f"screens' matmuls, one extra untimed run): "
         f"**{_pct(g.get('executed_fraction'))} of the dense work** "
-        f"({g.get('chunk_matmuls')} chunk matmuls); executed "
-        f"{_f(g.get('executed_gflops_bf16'))} GFLOP/s = "
-        f"{_pct(g.get('executed_fraction_of_bf16_peak'))} of the bf16 peak, over the whole "
+        f"({g.get('chunk_matmuls')} chunk matmuls; by screen: {split}); executed "
+        f"{_f(g.get('executed_gops_fast'))} G(FL)OP/s = "
+        f"{_pct(g.get('executed_fraction_of_fast_peak'))} of the {main} peak, over the whole "
         f"call including the forward pass (the forward alone is {_pct(fwd_share)} of the fast "
         "path's time).\n",
-        f"- Preparing the lens' copy of the unembedding (order the vocabulary, bf16 copy "
-        "a chunk at a time), "
+        f"- Preparing the lens' copies of the unembedding (order the vocabulary; round to bf16, "
+        "or rotate and quantize to int8, a chunk at a time), "
         f"once per `run_lens` call: {_f(g.get('weights_prepare_seconds'))} s, "
-        f"{_pct((g.get('weights_prepare_seconds') or 0) / med['ours_bf16'])} of this fast-path "
+        f"{_pct((g.get('weights_prepare_seconds') or 0) / med['ours_fast'])} of this fast-path "
         "run (a fixed cost that a long `analyze` amortizes).\n",
     ]
     lay = L.get("layout")
@@ -256,8 +273,9 @@ def _weights_memory(res: dict[str, Any]) -> str:
             "\n### Where the lens' working set goes: preparing the unembedding\n",
             "Each row a fresh process (`python -m bench.common bench.lens:weights_memory_probe "
             "'{...}'`), random Llama with Gemma 3's vocabulary and width: extra peak memory and "
-            "time of `LensWeights.prepare` (ordering the vocabulary and building the screen's "
-            "bf16 copy of U a chunk of rows at a time). Two runs.\n",
+            "time of `LensWeights.prepare` (ordering the vocabulary and building the default "
+            "screens' copy of U a chunk of rows at a time: bf16, or int8 after the first "
+            "16,384 columns). Two runs.\n",
             md_table(rows),
         ]
     )
@@ -409,24 +427,29 @@ def _findings(res: dict[str, Any]) -> str:
     g = (res.get("lens") or {}).get("gemma")
     if g and peak:
         pb, pf = peak.get("bfloat16", float("nan")), peak.get("float32", float("nan"))
+        main = _peak_key("ours_fast", g)
+        pm = peak.get(main, float("nan"))
         frac = g.get("executed_fraction") or 1.0
         per_pos = g["lens_gflop_per_token"]
-        ceiling = (pb / pf) / frac
-        ms_pos = 1e3 * g["median_seconds"]["ours_bf16"] / g["positions"]
-        speedup = g.get("speedup_bf16_vs_plain") or 0.0
+        med = g["median_seconds"]
+        ms_pos = 1e3 * med["ours_fast"] / g["positions"]
+        speedup = g.get("speedup_fast_vs_plain") or 0.0
         verdict = "meets" if speedup >= 10 else "short of"
-        fwd = g["median_seconds"].get("forward_only", 0.0) / g["median_seconds"]["ours_bf16"]
-        prep = (g.get("weights_prepare_seconds") or 0.0) / g["median_seconds"]["ours_bf16"]
+        fwd = med.get("forward_only", 0.0) / med["ours_fast"]
+        prep = (g.get("weights_prepare_seconds") or 0.0) / med["ours_fast"]
         out.append(
             f"- **Lens speedup {_f(speedup)}x over the plain implementation, {verdict} the 10x "
-            "goal in this run.** This machine has AVX-512 bf16 but no AMX: its bf16 matmul "
-            f"peak is only {pb / pf:.2f}x its float32 peak ({_f(pb)} vs {_f(pf)} GFLOP/s), and "
-            f"the plain path itself runs at {_pct(g['effective_gflops'].get('plain', 0) / pf)} "
-            f"of the float32 peak. The pruned path multiplies {_pct(frac)} of the dense rows x "
-            f"columns, so at the bf16 peak the projection alone could be about (bf16/fp32 peak) "
-            f"/ executed fraction = {ceiling:.1f}x a dense float32 projection; on top of it "
-            f"come the forward pass ({_pct(fwd)} of the fast path's time) and preparing the "
-            f"lens' copy of U ({_pct(prep)})."
+            f"goal in this run**, with the {_screens(g)} screen "
+            f"({_f(g.get('speedup_fast_vs_bf16'))}x the bf16 screen alone). This machine has "
+            f"AVX-512 bf16 and VNNI but no AMX: its bf16 matmul peak is {pb / pf:.2f}x its "
+            f"float32 peak and its int8 peak {peak.get('int8', float('nan')) / pf:.2f}x "
+            f"({_f(pb)}, {_f(peak.get('int8'))} and {_f(pf)} G(FL)OP/s); the plain path itself "
+            f"runs at {_pct(g['effective_gflops'].get('plain', 0) / pf)} of the float32 peak. "
+            f"The pruned path multiplies {_pct(frac)} of the dense rows x columns, so at the "
+            f"{main} peak the projection alone could be about ({main}/fp32 peak) / executed "
+            f"fraction = {(pm / pf) / frac:.1f}x a dense float32 projection; on top of it come "
+            f"the forward pass ({_pct(fwd)} of the fast path's time) and preparing the lens' "
+            f"copies of U ({_pct(prep)})."
         )
         out.append(
             "- What is left is mostly rows whose target really is in the top-k (see the "
@@ -438,22 +461,28 @@ def _findings(res: dict[str, Any]) -> str:
             "tokens): with U rotated to its principal axes, the top 128 of 640 dimensions hold "
             "56% of U's energy, but the normed states keep 0.85-0.92 of their norm outside "
             "them and U's rows 0.69, so the Cauchy-Schwarz bound on the rest is about "
-            "0.6 |h| |U_v|, above a typical target's logit. The fast path executes its "
-            "matmuls at "
-            f"{_pct(g.get('executed_fraction_of_bf16_peak'))} of the bf16 peak over the whole "
-            f"call; a dense bf16 projection at the peak would need {per_pos / pb * 1e3:.0f} ms "
-            f"per position, the fast path took {ms_pos:.0f} ms."
+            "0.6 |h| |U_v|, above a typical target's logit. What does help for those rows is "
+            "a cheaper screen: the int8 one. The fast path executes its matmuls at "
+            f"{_pct(g.get('executed_fraction_of_fast_peak'))} of the {main} peak over the "
+            f"whole call; a dense {main} projection at the peak would need "
+            f"{per_pos / pm * 1e3:.0f} ms per position, the fast path took {ms_pos:.0f} ms."
         )
         out.append(
-            "- *int8 screen, tried and dropped*: oneDNN's u8 x s8 matmul (VNNI) ran "
-            "1.4-1.8x the bf16 matmul here (512-4096 rows x 16,384 columns, d = 640), but "
-            "per-row int8 with Gemma's outlier channels (max |h_j| ~ 11x the RMS) gives an "
-            "error bound about 8x wider than bf16's (0.6% of |h| |U_v| from h, a median 1.3% "
-            "and up to 5% from U's rows): on 1 x 64 tokens 66% of the screened rows x columns "
-            "belonged to rows left undecided by the bound and needing another pass, and the "
-            "total was slower than bf16 (an experiment in this session, not kept in bench/)."
+            "- *The int8 screen.* Gemma 3's residual states have outlier channels (max |h_j| "
+            "~ 9-14x the RMS) and so do its unembedding rows: per-row int8 without a "
+            "rotation gives an error bound of 2-3% (h) plus 5% (U, per chunk) of |h| |U_v|, "
+            "about 8x bf16's, and an earlier attempt on that basis was slower than bf16. A "
+            "block-Hadamard rotation of both sides (blocks of 32 dims; x . y = 32 h . U "
+            "exactly) spreads the outliers: 0.7-0.8% (h) and 1.2-1.4% (U), so the band "
+            "around a top-k target holds only a few entries (a manual check: 3-5 entries on "
+            "average within 1.5% of |h| |U|, 8-15 within 3%). `torch._int_mm` runs 1.9x the "
+            "bf16 matmul at these shapes (when its int32 output stays under ~40 MB: 4096 "
+            "columns x ~3000 rows). The first 16,384 columns (the text's own tokens first, "
+            "where most rows are decided and targets often sit close to competitors) stay on "
+            "the bf16 screen: with int8 everywhere the re-scored entries grew 8x (127k vs "
+            "15k on 8 x 64 tokens), with bf16 first 2.5x."
         )
-        flips = g.get("flipped_positions_bf16_vs_float32") or {}
+        flips = g.get("flipped_positions_fast_vs_float32") or {}
         if any(flips.values()):
             out.append(
                 "- *Correctness*: top-k hits differed from the float32 reference at "
@@ -463,9 +492,9 @@ def _findings(res: dict[str, Any]) -> str:
         else:
             out.append(
                 "- The fast path's top-k hits equal the float32 reference's (every entry "
-                "within the bf16 error bound of a target is re-scored in float32); the "
+                "within the screen's error bound of a target is re-scored in float32); the "
                 "metrics differ by "
-                f"{_f(g.get('max_abs_diff_bf16_vs_float32'), '.1e')} at most: the float "
+                f"{_f(g.get('max_abs_diff_fast_vs_float32'), '.1e')} at most: the float "
                 "rounding of the sums."
             )
     t = res.get("train") or {}
@@ -529,7 +558,8 @@ def render(res: dict[str, Any]) -> str:
         "\n## Matmul peak\n",
         f"`torch.mm` on 2048 x 2048 x 2048 matrices, best of 5 (interleaved): bf16 "
         f"**{_f(peak.get('bfloat16'))} GFLOP/s**, float32 **{_f(peak.get('float32'))} "
-        "GFLOP/s**. Used as the denominator of every utilization figure below.\n",
+        f"GFLOP/s**; `torch._int_mm` int8 **{_f(peak.get('int8'))} GOP/s**. Used as the "
+        "denominator of every utilization figure below.\n",
     ]
     parts = [
         _lens(res) + _retire(res),
