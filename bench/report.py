@@ -51,11 +51,11 @@ def _peak_key(contender: str, g: dict[str, Any]) -> str:
 
 
 def _screens(g: dict[str, Any]) -> str:
-    """The fast path's screens in words, e.g. 'int8 (bf16 for the first columns)'."""
-    sc = g.get("fast_screens") or ["bfloat16"]
+    """The fast path's screens in words, e.g. 'int8 screen (bf16 for the first columns)'."""
+    sc = [s.replace("bfloat16", "bf16") for s in g.get("fast_screens") or ["bfloat16"]]
     if len(sc) == 1:
-        return sc[0].replace("bfloat16", "bf16")
-    return f"{sc[-1]}, {sc[0].replace('bfloat16', 'bf16')} for the first 16,384 columns"
+        return f"{sc[0]} screen"
+    return f"{sc[-1]} screen ({sc[0]} for the first 16,384 columns)"
 
 
 def _lens(res: dict[str, Any]) -> str:
@@ -70,7 +70,7 @@ def _lens(res: dict[str, Any]) -> str:
         "plain": "plain (HF hidden states, fp32 logits, torch.topk)",
         "ours_float32": "ours, float32 (`compute_dtype=torch.float32`)",
         "ours_bf16": "ours, bf16 screen (`compute_dtype=torch.bfloat16`)",
-        "ours_fast": f"ours, fast path (default `--dtype auto`: {_screens(g)} screen)",
+        "ours_fast": f"ours, fast path (default `--dtype auto`: {_screens(g)})",
         "forward_only": "model forward only (hooks, no lens)",
     }
     rows = []
@@ -252,12 +252,14 @@ def _memory(res: dict[str, Any]) -> str:
             "bounded cache of layer-0 ranks (at most 64 MiB of states), so the working set "
             "grows only slowly with the number of sequences; most of that growth is the C "
             "allocator's fragmentation over many batches of differently sized temporaries. In "
-            "a manual check with glibc's MALLOC_MMAP_THRESHOLD_=131072 (no dynamic threshold), "
-            "4 -> 64 sequences of the random model went 155 -> 200 MiB instead of 157 -> 279 "
-            "MiB, and Gemma on 16 sequences needed 515 MiB instead of 693 MiB, about the 4 "
-            "sequences' 500, but ran 35% slower (every large temporary is mapped afresh), so "
-            "the default stays. It grows with batch size x "
-            "seq-len (the residual states of one batch and the chunk logits of its rows), hardly "
+            "a manual check with glibc's MALLOC_MMAP_THRESHOLD_=131072 (no dynamic threshold; an "
+            "earlier version, bf16 screen, batch 4), 4 -> 64 sequences of the random model went "
+            "155 -> 200 MiB instead of 157 -> 279 MiB, and Gemma on 16 sequences needed 515 MiB "
+            "instead of 693 MiB, about the 4 sequences' 500, but ran 35% slower (every large "
+            "temporary is mapped afresh), so the default stays. The screens keep one output "
+            "buffer each across chunks for the same reason (page faults). It grows with batch "
+            "size x seq-len (the residual states of one batch and the chunk logits of its rows), "
+            "hardly "
             "with layers (states of one batch), and linearly with the vocabulary (the lens' "
             "sorted copies of U: see the next table).\n",
         ]
@@ -439,7 +441,7 @@ def _findings(res: dict[str, Any]) -> str:
         prep = (g.get("weights_prepare_seconds") or 0.0) / med["ours_fast"]
         out.append(
             f"- **Lens speedup {_f(speedup)}x over the plain implementation, {verdict} the 10x "
-            f"goal in this run**, with the {_screens(g)} screen "
+            f"goal in this run**, with the {_screens(g)} "
             f"({_f(g.get('speedup_fast_vs_bf16'))}x the bf16 screen alone). This machine has "
             f"AVX-512 bf16 and VNNI but no AMX: its bf16 matmul peak is {pb / pf:.2f}x its "
             f"float32 peak and its int8 peak {peak.get('int8', float('nan')) / pf:.2f}x "
@@ -475,9 +477,11 @@ def _findings(res: dict[str, Any]) -> str:
             "block-Hadamard rotation of both sides (blocks of 32 dims; x . y = 32 h . U "
             "exactly) spreads the outliers: 0.7-0.8% (h) and 1.2-1.4% (U), so the band "
             "around a top-k target holds only a few entries (a manual check: 3-5 entries on "
-            "average within 1.5% of |h| |U|, 8-15 within 3%). `torch._int_mm` runs 1.9x the "
-            "bf16 matmul at these shapes (when its int32 output stays under ~40 MB: 4096 "
-            "columns x ~3000 rows). The first 16,384 columns (the text's own tokens first, "
+            "average within 1.5% of |h| |U|, 8-15 within 3%). `torch._int_mm` runs about 2x "
+            "the bf16 matmul at these shapes, provided its output buffer is reused: a fresh "
+            "int32 output of tens of MB per chunk is page-faulted in every time, which halved "
+            "its rate (3000 x 4096 outputs: 464 vs 810 GOP/s in a micro-benchmark), so each "
+            "screen keeps one buffer. The first 16,384 columns (the text's own tokens first, "
             "where most rows are decided and targets often sit close to competitors) stay on "
             "the bf16 screen: with int8 everywhere the re-scored entries grew 8x (127k vs "
             "15k on 8 x 64 tokens), with bf16 first 2.5x."
