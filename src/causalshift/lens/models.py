@@ -8,6 +8,7 @@ unembedding U (lm_head) and input embedding W_E.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -376,9 +377,19 @@ def _cpu_flags() -> str:
 
 
 def cpu_has_int8() -> bool:
-    """True when this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX)."""
+    """True when this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX)
+    and this torch build multiplies int8 matrices on the CPU (`torch._int_mm`)."""
     flags = _cpu_flags()
-    return any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8"))
+    return any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8")) and _int_mm_works()
+
+
+@functools.cache
+def _int_mm_works() -> bool:
+    try:
+        a = torch.ones(2, 8, dtype=torch.int8)
+        return bool((torch._int_mm(a, a.T) == 8).all())
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def cpu_has_bf16() -> bool:
