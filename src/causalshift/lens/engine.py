@@ -29,8 +29,9 @@ from causalshift.lens.screen import Int8Screen, Screen, ScreenChunk, make_screen
 # target really is in the top-k, goes through int8.
 INT8_AFTER = 16384
 
-# Vocabulary columns per chunk: on CPU a chunk's logits for ~1000 rows (8 MiB of bf16) then
-# stay in cache between the matmul and the count, ~20% faster than 16384 here.
+# Vocabulary columns per chunk on CPU: the fastest of 2048-16384 with the bf16 screen here
+# (~10% over 16384 when every chunk's logits were a fresh tensor; now that the screens reuse
+# one output buffer, 4096-16384 are within this machine's noise). GPUs use 16384.
 VOCAB_CHUNK = 4096
 
 COSINE_METRICS = ("cos_input", "cos_output", "cos_random", "projection")
@@ -132,7 +133,8 @@ class LensWeights:
     The vocabulary is reordered (see `prepare`): frequent tokens of the text first, then by
     decreasing |U_v|, so that large logits come early and the largest |U_v| of the columns
     left bounds every logit from there on (see `decode_ranks`). The ordered vocabulary is cut
-    into chunks prepared for the screen matmul (bf16 or float32).
+    into chunks prepared for their screen's matmul (bf16, float32, or int8 after the first
+    INT8_AFTER columns).
     """
 
     screens: list[Screen | Int8Screen]  # one, or bf16/float32 then int8 (see INT8_AFTER)
