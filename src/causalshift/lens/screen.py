@@ -3,9 +3,10 @@
 The lens only needs, for each row h and target t, how many vocabulary entries v have a logit
 h . U_v strictly above the target's float32 logit tau. A screen computes the logits of a
 chunk of the vocabulary in a cheaper dtype (bf16 on CPUs with native bf16 and on GPUs; int8,
-`Int8Screen` below, on CPUs with int8 dot products) together with a bound on their error: entries above tau + B_v are certainly above, entries at
-or below tau - B_v certainly not, and only the few in between are computed again exactly in
-float32 (see `engine.decode_ranks`). The ranks are therefore the float32 ranks.
+`Int8Screen` below, on CPUs with int8 dot products) together with a bound on their error:
+entries above tau + B_v are certainly above, entries at or below tau - B_v certainly not,
+and only the few in between are computed again exactly in float32 (see
+`engine.decode_ranks`). The ranks are therefore the float32 ranks.
 
 For `Screen` (bf16, float32), with h^ = h rounded to the screen dtype and U^_v = U_v rounded,
 
