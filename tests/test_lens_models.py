@@ -307,3 +307,20 @@ def test_auto_dtype_picks_the_fastest_cpu_screen(flags, screen, monkeypatch):
     assert models.parse_dtype("int8", "cpu") == (torch.float32, torch.int8)
     with pytest.raises(UserError, match="CPU screen"):
         models.parse_dtype("int8", "cuda:0")
+
+
+def test_compiled_kernels_take_single_rows_eagerly():
+    """Sizes 0 and 1 would make dynamo compile again per size and dtype (seconds each, then
+    eager for good past its recompile limit): they run eagerly, with the same results."""
+    from causalshift.lens import kernels
+
+    count, blocks = kernels.kernels_for(torch.device("cpu"), torch.int32)
+    g = torch.Generator().manual_seed(9)
+    z = torch.randint(-50, 50, (1, 2 * kernels.BAND_BLOCK), generator=g, dtype=torch.int32)
+    thr = torch.tensor([[10.0, -3.0]])
+    torch.testing.assert_close(count(z, thr), kernels.count_above(z, thr))
+    sel, own = torch.tensor([0]), torch.tensor([3])
+    lo, hi = torch.tensor([-5.0]), torch.tensor([5.0])
+    assert torch.equal(blocks(z, sel, lo, hi, own), kernels.band_blocks(z, sel, lo, hi, own))
+    q, err = kernels.quantize_fn()(torch.randn(1, 8, generator=g), torch.tensor([0.01]))
+    assert q.dtype == torch.int8 and err.shape == (1,)

@@ -68,14 +68,25 @@ _compiled: dict[str, Callable[..., Tensor]] = {}
 
 def compiled_cpu(fn: Callable[..., Tensor], *example: Tensor) -> Callable[..., Tensor]:
     """fn fused into one pass over its inputs by torch.compile, compiled once per process;
-    fn itself when compilation is unavailable (e.g. no C++ compiler)."""
+    fn itself when compilation is unavailable (e.g. no C++ compiler).
+
+    Inputs with a dimension of 0 or 1 run eagerly: dynamo specializes such sizes, and each
+    new specialization (times each dtype) would compile again, for seconds, until its
+    recompile limit sends every later call to eager mode.
+    """
     if fn.__name__ not in _compiled:
         try:
             compiled = torch.compile(fn, dynamic=True)
             compiled(*example)
-            _compiled[fn.__name__] = compiled
         except Exception:  # noqa: BLE001 - any compiler failure falls back to eager
-            _compiled[fn.__name__] = fn
+            compiled = None
+
+        def run(*args: Tensor) -> Tensor:
+            if compiled is None or any(n < 2 for t in args for n in t.shape):
+                return fn(*args)
+            return compiled(*args)
+
+        _compiled[fn.__name__] = run
     return _compiled[fn.__name__]
 
 
@@ -94,12 +105,12 @@ def kernels_for(device: torch.device, dtype: torch.dtype) -> tuple[Callable[...,
 
 def quantize(x: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
     """int8 q = round(x / step) clamped to +-127, and the float32 error norm |x - step q|
-    of each row; x (n, d) float32, step (n, 1) or a 0-d tensor."""
-    q = torch.round(x / step).clamp(-127, 127)
-    return q.to(torch.int8), (x - q * step).norm(dim=1)
+    of each row; x (n, d) float32, step (n,) (one per row) or 0-d (one for all)."""
+    s = step[:, None] if step.dim() == 1 else step
+    q = torch.round(x / s).clamp(-127, 127)
+    return q.to(torch.int8), (x - q * s).norm(dim=1)
 
 
 def quantize_fn() -> Callable[..., tuple[Tensor, Tensor]]:
     """`quantize`, compiled (CPU only: the int8 screen is a CPU screen)."""
-    x = torch.zeros(3, 8)
-    return compiled_cpu(quantize, x, torch.ones(3, 1))  # type: ignore[return-value]
+    return compiled_cpu(quantize, torch.zeros(3, 8), torch.ones(3))  # type: ignore[return-value]

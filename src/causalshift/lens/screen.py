@@ -238,13 +238,13 @@ class Int8Screen:
     def rows(self, h: Tensor) -> ScreenRows:
         """Rotate and quantize float32 rows (n, d), each with its own step."""
         x = self.rotate(h)
-        top = x.abs().amax(dim=1, keepdim=True)  # (n, 1)
+        top = x.abs().amax(dim=1)  # (n,)
         step = torch.where(top > 0, top / 127, torch.ones_like(top))
         q, err = quantize_fn()(x, step)
         x_norm = h.norm(dim=1) * (self.block**0.5 * SAFETY)  # >= |x| (exact rotation)
         a = SAFETY * err + (self.kappa + 2.0**-22) * x_norm
-        b = SAFETY * (q.float() * step).norm(dim=1) + 2.0**-22 * x_norm
-        return ScreenRows(q, a, b, step.squeeze(1), x_norm)
+        b = SAFETY * (q.float() * step[:, None]).norm(dim=1) + 2.0**-22 * x_norm
+        return ScreenRows(q, a, b, step, x_norm)
 
     def matmul(self, rows: ScreenRows, chunk: ScreenChunk) -> Tensor:
         """(n, Vc) int32 dot products of the quantized rows, valid until the next call."""
