@@ -48,7 +48,12 @@ def band_blocks(z: Tensor, sel: Tensor, lo: Tensor, hi: Tensor, own: Tensor) -> 
 
 
 def band_entries(
-    z: Tensor, sel: Tensor, lo: Tensor, hi: Tensor, own: Tensor, blocks_fn=band_blocks
+    z: Tensor,
+    sel: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    own: Tensor,
+    blocks_fn: Callable[..., Tensor] = band_blocks,
 ) -> tuple[Tensor, Tensor]:
     """(index into sel, column) of the entries `band_mask` selects, without writing the
     (m, Vc) mask when Vc is a multiple of BAND_BLOCK (the band holds few entries)."""
