@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from causalshift.errors import UserError
-from causalshift.io import write_json, write_text
+from causalshift.io import read_jsonl_records, write_json, write_text
 from causalshift.train import distributed as D
 from causalshift.train.checkpoint import (
     STATE_NAME,
@@ -179,14 +179,7 @@ def _trim_metrics(path: Path, step: int) -> None:
     """Keep the records up to `step` (a killed run may have logged past its checkpoint)."""
     if not path.is_file():
         return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("step", math.inf) <= step:
-            keep.append(json.dumps(rec))
+    keep = [json.dumps(rec) for rec in read_jsonl_records(path) if rec["step"] <= step]
     write_text(path, "".join(k + "\n" for k in keep))
 
 
