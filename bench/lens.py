@@ -310,9 +310,8 @@ def compare(
         )
 
     # Warm-up: compiles the kernels, touches every weight once.
-    for dtype in (None, torch.bfloat16):
-        run_lens(lm, tokens[:1, :16], compute_dtype=dtype, progress=False)
-    fast_screens = list(run_lens(lm, tokens[:1, :4], progress=False).screens)
+    run_lens(lm, tokens[:1, :16], compute_dtype=torch.bfloat16, progress=False)
+    fast_screens = list(run_lens(lm, tokens[:1, :16], progress=False).screens)
     fns: dict[str, Any] = {}
     if with_plain:
         fns["plain"] = lambda: plain_lens(lm, tokens, batch_size=batch_size)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from causalshift.lens import metrics as M
 from causalshift.lens.kernels import band_entries, kernels_for
-from causalshift.lens.models import LensModel, cpu_has_bf16, parse_dtype
+from causalshift.lens.models import LensModel, cpu_float_screen, parse_dtype
 from causalshift.lens.screen import Int8Screen, Screen, ScreenChunk, make_screen
 
 # With the int8 screen, the first columns (the text's own tokens, where most rows are decided
@@ -167,12 +167,12 @@ class LensWeights:
         column int8_after (default INT8_AFTER) use the bf16 (or float32) screen.
         """
         device, hidden = lm.unembed.device, lm.unembed.shape[1]
-        fine = torch.bfloat16 if cpu_has_bf16() else torch.float32  # int8's companion
-        if compute_dtype == torch.int8 and lm.unembed_bias is not None:
-            compute_dtype = fine  # no bias in the int8 screen
-        screens = [make_screen(compute_dtype, device, hidden)]
         if compute_dtype == torch.int8:  # the first columns through a narrower screen
-            screens.insert(0, make_screen(fine, device, hidden))
+            screens = [make_screen(cpu_float_screen(), device, hidden)]
+            if lm.unembed_bias is None:  # the int8 screen has no bias
+                screens.append(make_screen(torch.int8, device, hidden))
+        else:
+            screens = [make_screen(compute_dtype, device, hidden)]
         int8_after = INT8_AFTER if int8_after is None else int8_after
         u32 = lm.unembed.detach().float()
         e32 = u32 if lm.tied_embeddings else lm.embed.detach().float().to(u32.device)

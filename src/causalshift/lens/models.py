@@ -364,9 +364,13 @@ def parse_dtype(name: str, device: str) -> tuple[torch.dtype, torch.dtype]:
         raise UserError(f"unknown --dtype {name!r} (auto, float32, bfloat16, int8)")
     if gpu:
         return torch.bfloat16, torch.bfloat16
-    if cpu_has_int8():
-        return torch.float32, torch.int8
-    return torch.float32, (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    return torch.float32, (torch.int8 if cpu_has_int8() else cpu_float_screen())
+
+
+def cpu_float_screen() -> torch.dtype:
+    """The CPU's floating-point screen: bf16 with bf16 matmul support, else float32 (also
+    the int8 screen's companion for the first columns and for biased unembeddings)."""
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 def _cpu_flags() -> str:

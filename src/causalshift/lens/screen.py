@@ -226,13 +226,12 @@ class Int8Screen:
         step q are rounded, gets 2^-22 |y| more); hat_max bounds |s_C q_v|.
         """
         y = self.rotate(rows.float())
-        lo, hi = torch.aminmax(y) if y.numel() else (torch.zeros(()), torch.zeros(()))
+        lo, hi = torch.aminmax(y)  # chunks are never empty
         top = max(-float(lo), float(hi))
         step = torch.tensor(top / 127 if top > 0 else 1.0)
         q, err = quantize_fn()(y, step)
-        y_max = float(norm.max()) * SAFETY * self.block**0.5 * (1 + 2.0**-20) if len(norm) else 0.0
-        e_max = float(err.max()) if len(err) else 0.0
-        e_bound = SAFETY * e_max + (self.kappa + 2.0**-22) * y_max
+        y_max = float(norm.max()) * SAFETY * self.block**0.5 * (1 + 2.0**-20)
+        e_bound = SAFETY * float(err.max()) + (self.kappa + 2.0**-22) * y_max
         return ScreenChunk(start, stop, q, y_max, e_bound, y_max + e_bound, float(step))
 
     def rows(self, h: Tensor) -> ScreenRows:
