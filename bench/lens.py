@@ -34,6 +34,7 @@ from bench.common import (
     timed,
     vm_status,
 )
+from causalshift.testing import random_lens_model as random_model
 
 # Gemma-2-2B's shape (its published config); weights are random, so the lens' metrics mean
 # nothing there: only throughput is measured.
@@ -55,51 +56,6 @@ GEMMA2_2B_SHAPE = dict(
 
 # ---------------------------------------------------------------------------------------------
 # Models
-
-
-def random_model(
-    family: str = "llama",
-    *,
-    hidden: int = 640,
-    layers: int = 6,
-    vocab: int = 32768,
-    device: str = "cpu",
-    dtype: str = "float32",
-    seed: int = 0,
-    **extra: Any,
-):
-    """A LensModel with random weights built from a config (no tokenizer, no download).
-
-    family "llama": a Llama of width `hidden` (heads of 64, MLP 4x, tied embeddings);
-    family "gemma2": pass Gemma-2-2B's shape (`GEMMA2_2B_SHAPE`) in `extra`.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from causalshift.lens.models import lens_model
-
-    if family == "llama":
-        heads = max(1, hidden // 64)
-        kw = dict(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            vocab_size=vocab,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            intermediate_size=4 * hidden,
-            max_position_embeddings=4096,
-            tie_word_embeddings=True,
-        )
-    else:
-        kw = {}
-    kw.update(extra)
-    config = AutoConfig.for_model(family, **kw)
-    config.tie_last_hidden_states = False
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
-    model.eval()
-    return lens_model(model, None, f"random-{family}-L{config.num_hidden_layers}", "random")
 
 
 def random_tokens(num_seqs: int, seq_len: int, vocab: int, seed: int = 0):

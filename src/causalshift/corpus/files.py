@@ -126,8 +126,10 @@ def read_parquet(path: Path, column: str = "text") -> Iterator[str]:
     if not pa.types.is_string(pf.schema_arrow.field(column).type) and not pa.types.is_large_string(
         pf.schema_arrow.field(column).type
     ):
-        raise UserError(f"{path}: column {column!r} is {pf.schema_arrow.field(column).type}, "
-                        "not a string column")
+        raise UserError(
+            f"{path}: column {column!r} is {pf.schema_arrow.field(column).type}, "
+            "not a string column"
+        )
 
     def docs() -> Iterator[str]:
         try:

@@ -20,8 +20,9 @@ _ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
 
 
 def _offline_mode() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in _OFFLINE_VARS)
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS
+    )
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -38,8 +39,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def _load(spec: str, fallback: str, *args, **kwargs):
     """`datasets.load_dataset(*args, **kwargs)`, or a one-line UserError when unreachable."""
     if not _offline_mode() and not hub_reachable():
-        raise UserError(f"{spec}: the Hugging Face hub cannot be reached (no network?): "
-                        f"{fallback}")
+        raise UserError(f"{spec}: the Hugging Face hub cannot be reached (no network?): {fallback}")
     try:
         import datasets
     except ImportError:
@@ -48,8 +48,9 @@ def _load(spec: str, fallback: str, *args, **kwargs):
         return datasets.load_dataset(*args, **kwargs)
     except (ConnectionError, OSError, ValueError, FileNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{spec}: cannot be loaded or reached (no network?) ({first}): "
-                        f"{fallback}") from None
+        raise UserError(
+            f"{spec}: cannot be loaded or reached (no network?) ({first}): {fallback}"
+        ) from None
 
 
 def group_wikitext(lines: Iterable[str]) -> Iterator[str]:
@@ -91,8 +92,9 @@ def iter_hf(spec: str) -> Iterator[str]:
         try:
             for row in ds:
                 if "text" not in row:
-                    raise UserError(f"{spec}: rows have no 'text' field (fields: "
-                                    f"{', '.join(row) or 'none'})")
+                    raise UserError(
+                        f"{spec}: rows have no 'text' field (fields: {', '.join(row) or 'none'})"
+                    )
                 if row["text"]:
                     yield row["text"]
         except (ConnectionError, OSError) as e:

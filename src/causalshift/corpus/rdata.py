@@ -121,8 +121,9 @@ class _Reader:
             return None if n == -1 else self.take(n).decode("utf-8", errors="replace")
         if kind in (_LGL, _INT):
             n = self.length()
-            value = RList(v if v != _NA_INT else None
-                          for v in struct.unpack(f">{n}i", self.take(4 * n)))
+            value = RList(
+                v if v != _NA_INT else None for v in struct.unpack(f">{n}i", self.take(4 * n))
+            )
         elif kind == _REAL:
             n = self.length()
             value = RList(struct.unpack(f">{n}d", self.take(8 * n)))
@@ -150,8 +151,10 @@ def _altrep(info: Any, state: Any) -> RList:
     cls = info[0][1] if isinstance(info, list) and info else None
     if cls in ("compact_intseq", "compact_realseq"):
         n, start, step = state
-        return RList(int(start + i * step) if cls == "compact_intseq" else start + i * step
-                     for i in range(int(n)))
+        return RList(
+            int(start + i * step) if cls == "compact_intseq" else start + i * step
+            for i in range(int(n))
+        )
     if cls in ("wrap_integer", "wrap_real", "wrap_string", "wrap_logical", "wrap_list"):
         inner = state[0]  # the wrapped vector: first element of a (tag, value) pairlist
         return RList(inner[1] if isinstance(inner, tuple) else inner)

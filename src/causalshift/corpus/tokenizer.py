@@ -89,8 +89,12 @@ def gpt2_tokenizer_dir() -> Path:
         **special,
         "added_tokens_decoder": {
             str(EOT_ID): {
-                "content": EOT, "lstrip": False, "normalized": True, "rstrip": False,
-                "single_word": False, "special": True,
+                "content": EOT,
+                "lstrip": False,
+                "normalized": True,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
             }
         },
     }

@@ -26,8 +26,9 @@ def adds_bos(tokenizer) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def token_sequences(tokenizer, spec: str, num_seqs: int, seq_len: int, *,
-                    name: str = "") -> torch.Tensor:
+def token_sequences(
+    tokenizer, spec: str, num_seqs: int, seq_len: int, *, name: str = ""
+) -> torch.Tensor:
     """(num_seqs, seq_len) int64 windows of the token stream of `spec`, for the logit lens.
 
     Documents are encoded without special tokens and joined with the tokenizer's EOS id
@@ -85,8 +86,9 @@ def token_sequences(tokenizer, spec: str, num_seqs: int, seq_len: int, *,
     return windows  # (num_seqs, seq_len)
 
 
-def iter_token_chunks(spec: str, *, docs_per_chunk: int = 256,
-                      num_threads: int | None = None) -> Iterator[np.ndarray]:
+def iter_token_chunks(
+    spec: str, *, docs_per_chunk: int = 256, num_threads: int | None = None
+) -> Iterator[np.ndarray]:
     """GPT-2 tokens of `spec` as uint16 arrays, `<|endoftext|>` (50256) after each document.
 
     Each array holds `docs_per_chunk` documents (the last may hold fewer); their

@@ -26,16 +26,45 @@ _INSTALL = "pip install --no-deps gensim==4.4.0 (part of `make install`)"
 
 # Tags whose whole content is dropped (everything else keeps its text, e.g. <b>, <i>).
 _DROP_TAGS = {
-    "ref", "references", "table", "gallery", "math", "chem", "ce", "timeline", "imagemap",
-    "score", "syntaxhighlight", "source", "pre", "code", "hiero", "graph", "mapframe",
-    "templatestyles", "div", "center",
+    "ref",
+    "references",
+    "table",
+    "gallery",
+    "math",
+    "chem",
+    "ce",
+    "timeline",
+    "imagemap",
+    "score",
+    "syntaxhighlight",
+    "source",
+    "pre",
+    "code",
+    "hiero",
+    "graph",
+    "mapframe",
+    "templatestyles",
+    "div",
+    "center",
 }
 # Namespaced links that are not prose: files, categories, interwiki/interlanguage links.
 _LINK_PREFIX = re.compile(r"^\s*:?\s*([A-Za-z\- ]+)\s*:")
 _DROP_SECTIONS = {
-    "see also", "references", "external links", "further reading", "notes", "bibliography",
-    "sources", "footnotes", "citations", "works cited", "notes and references",
-    "references and notes", "primary sources", "secondary sources", "general references",
+    "see also",
+    "references",
+    "external links",
+    "further reading",
+    "notes",
+    "bibliography",
+    "sources",
+    "footnotes",
+    "citations",
+    "works cited",
+    "notes and references",
+    "references and notes",
+    "primary sources",
+    "secondary sources",
+    "general references",
 }
 _HEADING = re.compile(r"^(=+)\s*(.*?)\s*\1\s*$")
 _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?/?>")

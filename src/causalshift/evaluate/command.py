@@ -53,11 +53,13 @@ class EvalConfig:
         PAPER_TASKS, "Comma-separated lm-eval tasks (the paper's eight).", parse=str_list
     )
     include_path: str | None = option(
-        None, "Folder of extra lm-eval task YAMLs (lm-eval's --include_path; *.yaml.in "
-        "templates get @TASKS_DIR@ replaced by the folder's absolute path)."
+        None,
+        "Folder of extra lm-eval task YAMLs (lm-eval's --include_path; *.yaml.in "
+        "templates get @TASKS_DIR@ replaced by the folder's absolute path).",
     )
     limit: float | None = option(
-        None, "Documents per task (an integer), or a fraction below 1 (quick checks).",
+        None,
+        "Documents per task (an integer), or a fraction below 1 (quick checks).",
         parse=_limit,
     )
     num_fewshot: int = option(0, "Few-shot examples (the paper: zero-shot).")
@@ -84,8 +86,11 @@ class EvalConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="RUN_DIR|MODEL",
-                        help="a causalshift run directory, an export, or a local HF folder")
+    parser.add_argument(
+        "model",
+        metavar="RUN_DIR|MODEL",
+        help="a causalshift run directory, an export, or a local HF folder",
+    )
     add_config_arguments(parser, EvalConfig)
 
 
@@ -142,8 +147,9 @@ def task_manager(tasks: tuple[str, ...], include_path: str | None):
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise UserError(f"unknown lm-eval task(s): {', '.join(unknown)}"
-                        " (local tasks need --include-path DIR)")
+        raise UserError(
+            f"unknown lm-eval task(s): {', '.join(unknown)} (local tasks need --include-path DIR)"
+        )
     return manager
 
 
@@ -176,25 +182,31 @@ def flatten_results(raw: dict[str, Any]) -> list[dict[str, Any]]:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             stderr = metrics.get(f"{metric}_stderr,{filt}")
-            rows.append({
-                "task": task,
-                "metric": metric,
-                "filter": filt,
-                "value": float(value),
-                "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                "higher_is_better": hib.get(metric),
-                "num_samples": n.get("effective"),
-                "is_group": task in groups,
-                "alias": metrics.get("alias", task),
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "filter": filt,
+                    "value": float(value),
+                    "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
+                    "higher_is_better": hib.get(metric),
+                    "num_samples": n.get("effective"),
+                    "is_group": task in groups,
+                    "alias": metrics.get("alias", task),
+                }
+            )
     return rows
 
 
 def environment(device: str) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
-    env: dict[str, Any] = {"causalshift": __version__, "python": platform.python_version(),
-                           "platform": platform.platform(), "device": device}
+    env: dict[str, Any] = {
+        "causalshift": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
     for pkg in ("torch", "transformers", "lm_eval", "datasets"):
         try:
             env[pkg] = version(pkg)
@@ -226,14 +238,26 @@ def _evaluate(cfg: EvalConfig, path: Path, out: Path, include_path: str | None) 
 
     from causalshift.evaluate.lm_eval_adapter import CausalShiftLM
 
-    lm = CausalShiftLM(path=str(path), device=cfg.device, dtype=cfg.dtype,
-                       batch_size=cfg.batch_size, backend=cfg.backend)
+    lm = CausalShiftLM(
+        path=str(path),
+        device=cfg.device,
+        dtype=cfg.dtype,
+        batch_size=cfg.batch_size,
+        backend=cfg.backend,
+    )
     start = time.perf_counter()
     try:
         raw = lm_eval.simple_evaluate(
-            model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
-            task_manager=manager, random_seed=cfg.seed, numpy_random_seed=cfg.seed,
-            torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed, log_samples=False,
+            model=lm,
+            tasks=list(cfg.tasks),
+            num_fewshot=cfg.num_fewshot,
+            limit=cfg.limit,
+            task_manager=manager,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+            log_samples=False,
         )
     except (ConnectionError, OSError) as e:
         raise UserError(f"lm-eval could not load a task's data (offline?): {e}") from e
@@ -242,13 +266,15 @@ def _evaluate(cfg: EvalConfig, path: Path, out: Path, include_path: str | None) 
         return 0
     result = {
         "schema_version": 1,
-        "model": {**model_info(path), "backend": lm.backend_name,
-                  "max_length": lm.max_length},
+        "model": {**model_info(path), "backend": lm.backend_name, "max_length": lm.max_length},
         "results": flatten_results(raw),
-        "config": {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
-                   "tasks": list(cfg.tasks), "world_size": lm.world_size,
-                   "task_versions": raw.get("versions", {}),
-                   "n_shot": raw.get("n-shot", {})},
+        "config": {
+            **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
+            "tasks": list(cfg.tasks),
+            "world_size": lm.world_size,
+            "task_versions": raw.get("versions", {}),
+            "n_shot": raw.get("n-shot", {}),
+        },
         "environment": environment(str(lm.device)),
         "seconds": round(seconds, 3),
     }

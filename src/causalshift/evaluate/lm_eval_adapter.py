@@ -109,8 +109,9 @@ def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device {device} requested but CUDA is not available: using the CPU",
-                      stacklevel=2)
+        warnings.warn(
+            f"device {device} requested but CUDA is not available: using the CPU", stacklevel=2
+        )
         dev = torch.device("cpu")
     if dev.type == "cuda" and (dev.index is None or world > 1):
         dev = torch.device("cuda", local_rank if world > 1 else 0)
@@ -198,8 +199,12 @@ class CausalShiftLM(TemplateLM):
         return self.tokenizer.decode(tokens)
 
     def get_model_info(self) -> dict[str, Any]:
-        return {"model_path": self.path, "model_backend": self.backend_name,
-                "model_dtype": self.dtype_name, "max_length": self.max_length}
+        return {
+            "model_path": self.path,
+            "model_backend": self.backend_name,
+            "model_dtype": self.dtype_name,
+            "max_length": self.max_length,
+        }
 
     # --- forward ---
 
@@ -217,14 +222,17 @@ class CausalShiftLM(TemplateLM):
         return logits.float()
 
     def _loglikelihood_tokens(
-        self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False,
+        self,
+        requests: list[tuple[Any, list[int], list[int]]],
+        disable_tqdm: bool = False,
         **kwargs: Any,
     ) -> list[tuple[float, bool]]:
         """(sum of log p(continuation), is_greedy) per (key, context_ids, continuation_ids)."""
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
-                    desc="loglikelihood")
+        pbar = tqdm(
+            total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood"
+        )
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             inps, conts = [], []

@@ -16,9 +16,38 @@ from causalshift.report.document import Document
 from causalshift.report.sources import Run, Sources, mode_label, run_info
 
 # Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then ~normal).
-T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-       2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+T95 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 PRIMARY_METRICS = ("acc_norm", "acc", "word_perplexity", "perplexity")
 
 
@@ -57,14 +86,17 @@ def _shift(v: Any) -> str:
 
 def _entries(src: Sources) -> list[dict[str, Any]]:
     """One entry per model evaluated or trained: runs, plus evals with no run dir given."""
-    entries = [{"info": r.info, "run": r, "evals": r.evals, "name": r.path.name}
-               for r in src.runs]
+    entries = [{"info": r.info, "run": r, "evals": r.evals, "name": r.path.name} for r in src.runs]
     for folder, data in src.evals:
         model = data.get("model", {})
-        info = {k: model[k] for k in ("mode", "cut_layer", "alpha", "seed", "preset", "n_layer")
-                if model.get(k) is not None}
-        entries.append({"info": info, "run": None, "evals": [data],
-                        "name": model.get("name") or folder.name})
+        info = {
+            k: model[k]
+            for k in ("mode", "cut_layer", "alpha", "seed", "preset", "n_layer")
+            if model.get(k) is not None
+        }
+        entries.append(
+            {"info": info, "run": None, "evals": [data], "name": model.get("name") or folder.name}
+        )
     return entries
 
 
@@ -80,8 +112,12 @@ def _mode_order(key: str) -> tuple:
     rank = {"baseline": 0, "fixed": 1, "gate": 2, "gate-hard": 3, "scalar": 4}
     head = label.split(" ")[0]
     digits = "".join(ch for ch in label if ch.isdigit())
-    return (key.split(": ")[0] if ": " in key else "", rank.get(head, 9),
-            int(digits) if digits else 0, label)
+    return (
+        key.split(": ")[0] if ": " in key else "",
+        rank.get(head, 9),
+        int(digits) if digits else 0,
+        label,
+    )
 
 
 def group_entries(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -122,31 +158,58 @@ def section_analysis(doc: Document, src: Sources, out: Path) -> None:
         "sequences, as computed by `analyze`."
     )
     if figures.plot_topk(models, out / "topk_match.png"):
-        doc.image("topk_match.png", "Figure 2 analogue: top-k match of the decoded hidden "
-                  "state with the input token t_i (dashed) and the output token t_(i+1) (solid).")
+        doc.image(
+            "topk_match.png",
+            "Figure 2 analogue: top-k match of the decoded hidden "
+            "state with the input token t_i (dashed) and the output token t_(i+1) (solid).",
+        )
     if figures.plot_similarity(models, out / "similarity.png"):
-        doc.image("similarity.png", "Figure 3 analogue: cosine of the normed hidden state to "
-                  "the input and output token embeddings (dotted: a random token, chance level) "
-                  "and the normalized projection on the input->output axis.")
+        doc.image(
+            "similarity.png",
+            "Figure 3 analogue: cosine of the normed hidden state to "
+            "the input and output token embeddings (dotted: a random token, chance level) "
+            "and the normalized projection on the input->output axis.",
+        )
     k = max(figures.topk_ks(models) or [1])
     rows = []
     for m in models:
         shift = m.get("shift_layer", {})
         last = m["layers"][-1]
-        rows.append([
-            m["label"], m.get("architecture", "?"), str(m.get("num_layers", "?")),
-            str(m.get("num_positions", "?")), _shift(shift.get("input_until")),
-            _shift(shift.get("output_from")), _shift(shift.get("crossover")),
-            fmt(last.get(f"top{k}_output"), 3), fmt(last.get("projection"), 3),
-            fmt(m.get("tokens_per_second"), 0),
-        ])
-    doc.table(["model", "architecture", "layers L", "positions", "input_until",
-               "output_from", "crossover", f"top{k}_output at L", "projection at L",
-               "tokens/s"], rows)
-    doc.para(f"Shift layers (K = {k}): `input_until` is the last layer with top-K input match "
-             ">= 0.5; `output_from` the first layer from which the top-K output match stays >= "
-             "half its final value; `crossover` the first layer from which output match stays "
-             "above input match.")
+        rows.append(
+            [
+                m["label"],
+                m.get("architecture", "?"),
+                str(m.get("num_layers", "?")),
+                str(m.get("num_positions", "?")),
+                _shift(shift.get("input_until")),
+                _shift(shift.get("output_from")),
+                _shift(shift.get("crossover")),
+                fmt(last.get(f"top{k}_output"), 3),
+                fmt(last.get("projection"), 3),
+                fmt(m.get("tokens_per_second"), 0),
+            ]
+        )
+    doc.table(
+        [
+            "model",
+            "architecture",
+            "layers L",
+            "positions",
+            "input_until",
+            "output_from",
+            "crossover",
+            f"top{k}_output at L",
+            "projection at L",
+            "tokens/s",
+        ],
+        rows,
+    )
+    doc.para(
+        f"Shift layers (K = {k}): `input_until` is the last layer with top-K input match "
+        ">= 0.5; `output_from` the first layer from which the top-K output match stays >= "
+        "half its final value; `crossover` the first layer from which output match stays "
+        "above input match."
+    )
 
 
 def section_training(doc: Document, src: Sources, out: Path) -> None:
@@ -154,23 +217,33 @@ def section_training(doc: Document, src: Sources, out: Path) -> None:
     if not runs:
         return
     doc.heading("Training: validation loss per residual mode")
-    groups = group_entries([{"info": r.info, "run": r, "evals": [], "name": r.path.name}
-                            for r in runs])
+    groups = group_entries(
+        [{"info": r.info, "run": r, "evals": [], "name": r.path.name} for r in runs]
+    )
     rows = []
     for key, entries in groups.items():
         losses = [e["run"].final_val_loss for e in entries if e["run"].final_val_loss is not None]
         tokens = [e["run"].tokens for e in entries if e["run"].tokens]
         seeds = sorted({str(e["info"].get("seed", "?")) for e in entries})
         mean, half = mean_ci(losses) if losses else (None, None)
-        rows.append([key, str(len(entries)), ",".join(seeds),
-                     f"{max(tokens):,}" if tokens else "n/a",
-                     fmt_pm(mean, half) if mean is not None else "n/a",
-                     ", ".join(fmt(v) for v in losses)])
-    doc.table(["residual mode", "runs", "seeds", "tokens", "final val loss (95% CI)",
-               "per run"], rows)
-    doc.para("Final validation loss: the last `val_loss` in each run's `metrics.jsonl` (nats "
-             "per token). With several seeds: mean ± the 95% Student-t half-width across seeds; "
-             "one seed: no interval.")
+        rows.append(
+            [
+                key,
+                str(len(entries)),
+                ",".join(seeds),
+                f"{max(tokens):,}" if tokens else "n/a",
+                fmt_pm(mean, half) if mean is not None else "n/a",
+                ", ".join(fmt(v) for v in losses),
+            ]
+        )
+    doc.table(
+        ["residual mode", "runs", "seeds", "tokens", "final val loss (95% CI)", "per run"], rows
+    )
+    doc.para(
+        "Final validation loss: the last `val_loss` in each run's `metrics.jsonl` (nats "
+        "per token). With several seeds: mean ± the 95% Student-t half-width across seeds; "
+        "one seed: no interval."
+    )
     if figures.plot_val_loss(runs, out / "val_loss.png"):
         doc.image("val_loss.png", "Validation loss during training, one line per run.")
 
@@ -185,13 +258,20 @@ def _sweep_summary(data: dict[str, Any]) -> dict[str, Any]:
     for r in runs:
         if r.get("mode") == "fixed":
             layers[int(r["cut_layer"])].append(r["final_val_loss"])
-    return {**data, "baseline": _stats(base) if base else None,
-            "by_layer": [{"cut_layer": k, **_stats(v)} for k, v in sorted(layers.items())]}
+    return {
+        **data,
+        "baseline": _stats(base) if base else None,
+        "by_layer": [{"cut_layer": k, **_stats(v)} for k, v in sorted(layers.items())],
+    }
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values),
-            "n": len(values)}
+    return {
+        "mean": sum(values) / len(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def _sweep_from_runs(runs: list[Run]) -> list[dict[str, Any]]:
@@ -205,8 +285,16 @@ def _sweep_from_runs(runs: list[Run]) -> list[dict[str, Any]]:
         fixed = [r for r in rs if r.info.get("mode") == "fixed"]
         if not fixed:
             continue
-        fake = {"runs": [{"mode": r.info.get("mode"), "cut_layer": r.info.get("cut_layer"),
-                          "final_val_loss": r.final_val_loss} for r in rs]}
+        fake = {
+            "runs": [
+                {
+                    "mode": r.info.get("mode"),
+                    "cut_layer": r.info.get("cut_layer"),
+                    "final_val_loss": r.final_val_loss,
+                }
+                for r in rs
+            ]
+        }
         summary = _sweep_summary(fake)
         gates = defaultdict(list)
         for r in rs:
@@ -229,36 +317,58 @@ def section_sweep(doc: Document, src: Sources, out: Path) -> None:
     if not sweeps or not figures.plot_sweeps(sweeps, out / "val_loss_vs_cut_layer.png"):
         return
     doc.heading("Validation loss against the cut layer")
-    doc.image("val_loss_vs_cut_layer.png", "Figure 4 analogue: final validation loss of a full "
-              "residual cut at layer K (mean over seeds, min/max bars); dotted: the baseline; "
-              "dash-dot: learned gates, where run directories were given.")
+    doc.image(
+        "val_loss_vs_cut_layer.png",
+        "Figure 4 analogue: final validation loss of a full "
+        "residual cut at layer K (mean over seeds, min/max bars); dotted: the baseline; "
+        "dash-dot: learned gates, where run directories were given.",
+    )
     rows = []
     for s in sweeps:
         base = s.get("baseline")
         for r in s.get("by_layer") or []:
             delta = r["mean"] - base["mean"] if base else None
-            rows.append([s["label"], str(r["cut_layer"]), str(r.get("n", 1)), fmt(r["mean"]),
-                         fmt(delta) if delta is not None else "n/a"])
+            rows.append(
+                [
+                    s["label"],
+                    str(r["cut_layer"]),
+                    str(r.get("n", 1)),
+                    fmt(r["mean"]),
+                    fmt(delta) if delta is not None else "n/a",
+                ]
+            )
         if base:
             rows.append([s["label"], "baseline", str(base.get("n", 1)), fmt(base["mean"]), "0"])
-    doc.table(["sweep", "cut layer K", "seeds", "final val loss (mean)", "minus baseline"],
-              rows)
+    doc.table(["sweep", "cut layer K", "seeds", "final val loss (mean)", "minus baseline"], rows)
 
 
 def section_gates(doc: Document, src: Sources, out: Path) -> None:
-    runs = sorted((r for r in src.runs if r.gate_history),
-                  key=lambda r: (_mode_order(mode_label(r.info)), r.path.name))
+    runs = sorted(
+        (r for r in src.runs if r.gate_history),
+        key=lambda r: (_mode_order(mode_label(r.info)), r.path.name),
+    )
     if not runs or not figures.plot_gates(runs, out / "gate_p.png"):
         return
     doc.heading("Where the gate learns to cut")
-    doc.image("gate_p.png", "Figure 5 analogue: the gate's probability p_l of cutting at "
-              "layer l, logged during training.")
+    doc.image(
+        "gate_p.png",
+        "Figure 5 analogue: the gate's probability p_l of cutting at "
+        "layer l, logged during training.",
+    )
     rows = []
     for r in runs:
         step, p = r.gate_history[-1]
         top = max(range(len(p)), key=p.__getitem__)
-        rows.append([r.path.name, mode_label(r.info), str(step), str(top + 1), fmt(p[top], 3),
-                     " ".join(f"{x:.2f}" for x in p)])
+        rows.append(
+            [
+                r.path.name,
+                mode_label(r.info),
+                str(step),
+                str(top + 1),
+                fmt(p[top], 3),
+                " ".join(f"{x:.2f}" for x in p),
+            ]
+        )
     doc.table(["run", "mode", "last step", "argmax layer", "max p", "p by layer (1..L)"], rows)
 
 
@@ -285,7 +395,8 @@ def section_benchmarks(doc: Document, src: Sources) -> None:
                     if row.get("is_group"):
                         continue
                     cells[(key, row["task"], row["metric"], row["filter"])].append(
-                        (row["value"], row.get("stderr")))
+                        (row["value"], row.get("stderr"))
+                    )
                     task_metrics[row["task"]].add(row["metric"])
     tasks = sorted(task_metrics)
     primary = {t: _primary(task_metrics[t]) for t in tasks}
@@ -300,24 +411,30 @@ def section_benchmarks(doc: Document, src: Sources) -> None:
         half = (1.96 * math.sqrt(sum(s * s for s in ses)) / n) if None not in ses else None
         return fmt_pm(mean, half)
 
-    rows = [[key, str(len(es))] + [cell(key, t, primary[t]) for t in tasks]
-            for key, es in groups.items()]
+    rows = [
+        [key, str(len(es))] + [cell(key, t, primary[t]) for t in tasks]
+        for key, es in groups.items()
+    ]
     doc.table(["residual mode", "models"] + [f"{t} ({primary[t]})" for t in tasks], rows)
-    doc.para("Each cell: the score ± 1.96 x lm-eval's standard error (sampling over the "
-             "benchmark's documents). Several runs of one mode (seeds): the mean score and "
-             "the combined standard error sqrt(sum se^2) / n. Perplexities have no standard "
-             "error in lm-eval.")
+    doc.para(
+        "Each cell: the score ± 1.96 x lm-eval's standard error (sampling over the "
+        "benchmark's documents). Several runs of one mode (seeds): the mean score and "
+        "the combined standard error sqrt(sum se^2) / n. Perplexities have no standard "
+        "error in lm-eval."
+    )
     doc.heading("All benchmark numbers", 3)
     full = []
-    for (key, task, metric, filt), vals in sorted(cells.items(),
-                                                  key=lambda kv: (_mode_order(kv[0][0]),
-                                                                  kv[0][1:])):
+    for (key, task, metric, filt), vals in sorted(
+        cells.items(), key=lambda kv: (_mode_order(kv[0][0]), kv[0][1:])
+    ):
         full.append([key, task, metric, filt, str(len(vals)), cell(key, task, metric, filt)])
     doc.table(["residual mode", "task", "metric", "filter", "models", "value (95% CI)"], full)
     limits = {str(ev.get("config", {}).get("limit")) for e in entries for ev in e["evals"]}
     if limits - {"None"}:
-        doc.para(f"Note: evaluated with `--limit` {', '.join(sorted(limits))} documents per task "
-                 "(a quick check, not the full benchmark).")
+        doc.para(
+            f"Note: evaluated with `--limit` {', '.join(sorted(limits))} documents per task "
+            "(a quick check, not the full benchmark)."
+        )
 
 
 def section_environment(doc: Document, src: Sources) -> None:
@@ -339,8 +456,13 @@ def section_environment(doc: Document, src: Sources) -> None:
         except PackageNotFoundError:
             return "not installed"
 
-    rows.append(["this report", f"causalshift {__version__}, python {platform.python_version()}, "
-                 f"matplotlib {v('matplotlib')}, {platform.platform()}"])
+    rows.append(
+        [
+            "this report",
+            f"causalshift {__version__}, python {platform.python_version()}, "
+            f"matplotlib {v('matplotlib')}, {platform.platform()}",
+        ]
+    )
     merged: dict[str, list[str]] = {}
     for source, env in rows:  # identical environments share one row
         merged.setdefault(env, []).append(source)

@@ -13,10 +13,15 @@ from causalshift.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dirs", nargs="+", metavar="DIR",
-                        help="folders (searched recursively) or result files")
-    parser.add_argument("--out", required=True, metavar="REPORT_DIR",
-                        help="folder for report.md, report.html and the figures")
+    parser.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="folders (searched recursively) or result files"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="REPORT_DIR",
+        help="folder for report.md, report.html and the figures",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     src = find_sources(args.dirs)
     if src.empty():
         raise UserError(
-            "no result files found in " + ", ".join(args.dirs)
+            "no result files found in "
+            + ", ".join(args.dirs)
             + " (expected results.json, sweep.json, metrics.jsonl + config.json, or eval.json)"
         )
     out = Path(args.out)

@@ -71,16 +71,16 @@ class Document:
                 body.append(f"<p>{_inline(block[1])}</p>")
             elif kind == "table":
                 head = "".join(f"<th>{_inline(h)}</th>" for h in block[1])
-                rows = "".join(
-                    "<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2]
-                )
+                rows = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2])
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             elif kind == "img":
                 src, cap = html.escape(block[1]), _inline(block[2])
-                body.append(f'<figure><img src="{src}" alt="{html.escape(block[2])}">'
-                            f"<figcaption>{cap}</figcaption></figure>")
+                body.append(
+                    f'<figure><img src="{src}" alt="{html.escape(block[2])}">'
+                    f"<figcaption>{cap}</figcaption></figure>"
+                )
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(body)
             + "\n</body></html>\n"

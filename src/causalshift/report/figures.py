@@ -138,10 +138,13 @@ def plot_sweeps(sweeps: list[dict[str, Any]], path: Path) -> Path | None:
         if rows:
             xs = [r["cut_layer"] for r in rows]
             ys = [r["mean"] for r in rows]
-            err = [[r["mean"] - r.get("min", r["mean"]) for r in rows],
-                   [r.get("max", r["mean"]) - r["mean"] for r in rows]]
-            ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=c,
-                        label=f"{s['label']}: fixed cut")
+            err = [
+                [r["mean"] - r.get("min", r["mean"]) for r in rows],
+                [r.get("max", r["mean"]) - r["mean"] for r in rows],
+            ]
+            ax.errorbar(
+                xs, ys, yerr=err, fmt="o-", capsize=3, color=c, label=f"{s['label']}: fixed cut"
+            )
             ax.set_xticks(xs)
         base = s.get("baseline")
         if base:
@@ -171,14 +174,18 @@ def plot_gates(runs: list[Run], path: Path) -> Path | None:
         steps = [s for s, _ in hist]
         n = len(hist[0][1])
         for layer in range(n):
-            ax.plot(steps, [p[layer] for _, p in hist], color=cmap(layer / max(n - 1, 1)),
-                    label=f"layer {layer + 1}")
+            ax.plot(
+                steps,
+                [p[layer] for _, p in hist],
+                color=cmap(layer / max(n - 1, 1)),
+                label=f"layer {layer + 1}",
+            )
         ax.set_title(f"{run.path.name} ({mode_label(run.info)})", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("gate p_l")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2 if n > 6 else 1)
-    for ax in list(axes.flat)[len(runs):]:
+    for ax in list(axes.flat)[len(runs) :]:
         ax.axis("off")
     return _save(fig, path)
 
@@ -195,13 +202,23 @@ def plot_val_loss(runs: list[Run], path: Path) -> Path | None:
     shown: set[str] = set()
     for run in runs:
         label = mode_label(run.info)
-        pts = [(r["tokens"], r["val_loss"]) for r in run.metrics
-               if r.get("val_loss") is not None and r.get("tokens") is not None]
+        pts = [
+            (r["tokens"], r["val_loss"])
+            for r in run.metrics
+            if r.get("val_loss") is not None and r.get("tokens") is not None
+        ]
         if not pts:
             continue
         xs, ys = [t for t, _ in pts], [v for _, v in pts]
-        ax.plot(xs, ys, "o-", ms=2.5, lw=1.2, color=colors(labels.index(label) % 10),
-                label=None if label in shown else label)
+        ax.plot(
+            xs,
+            ys,
+            "o-",
+            ms=2.5,
+            lw=1.2,
+            color=colors(labels.index(label) % 10),
+            label=None if label in shown else label,
+        )
         shown.add(label)
     ax.set_xlabel("tokens")
     ax.set_ylabel("validation loss (nats)")

@@ -8,21 +8,15 @@ import pytest
 import torch
 
 from causalshift.errors import UserError
-from causalshift.gpt import GPT, GPTConfig, ResidualConfig, load_model, model_preset, save_model
+from causalshift.gpt import GPT, GPTConfig, load_model, model_preset, save_model
 from causalshift.gpt.io import from_hf_gpt2, is_run_dir, load_weights
+from causalshift.testing import tiny_gpt_config
 
 VOCAB = 101
 
 
 def tiny(mode: str = "none", **res) -> GPTConfig:
-    return GPTConfig(
-        n_layer=3,
-        n_head=2,
-        n_embd=32,
-        block_size=16,
-        vocab_size=VOCAB,
-        residual=ResidualConfig(mode=mode, **res),
-    )
+    return tiny_gpt_config(mode, vocab_size=VOCAB, **res)
 
 
 def tokens(B: int = 2, T: int = 12, seed: int = 0) -> torch.Tensor:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from causalshift.cli import main
 from causalshift.corpus import gpt2_tokenizer_dir
+from causalshift.testing import tiny_gpt2_folder
 
 TEXT = " ".join(
     f"The river number {i} flows past the old mill and into the quiet valley." for i in range(120)
@@ -19,15 +19,7 @@ TEXT = " ".join(
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     """A random GPT-2 (context 64) with the real GPT-2 tokenizer, saved as an HF folder."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=50257, n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    for f in gpt2_tokenizer_dir().iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
+    return tiny_gpt2_folder(tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 @pytest.fixture(scope="module")

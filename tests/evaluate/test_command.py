@@ -20,7 +20,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from causalshift.cli import main  # noqa: E402
 from causalshift.evaluate.command import flatten_results, render_task_templates  # noqa: E402
 
-TASKS = Path(__file__).parent / "data" / "tasks"
+TASKS = Path(__file__).parents[1] / "data" / "tasks"
 BLOCK = 32  # shorter than the longest cs_ppl document: rolling windows get exercised
 
 
@@ -58,17 +58,21 @@ def task_dir(tmp_path_factory) -> Path:
     return render_task_templates(TASKS, tmp_path_factory.mktemp("tasks"))
 
 
-def _scores(model: str, model_args: str, task_dir: Path,
-            tasks: list[str] | None = None) -> dict[str, list[float]]:
+def _scores(
+    model: str, model_args: str, task_dir: Path, tasks: list[str] | None = None
+) -> dict[str, list[float]]:
     from lm_eval.tasks import TaskManager
 
     import causalshift.evaluate.lm_eval_adapter  # noqa: F401  (registers "causalshift")
 
     out = lm_eval.simple_evaluate(
-        model=model, model_args=model_args, tasks=tasks or ["cs_mc", "cs_qa", "cs_ppl"],
+        model=model,
+        model_args=model_args,
+        tasks=tasks or ["cs_mc", "cs_qa", "cs_ppl"],
         task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
         log_samples=True,
-        batch_size=4, device="cpu",
+        batch_size=4,
+        device="cpu",
     )
     scores = {}
     for task, samples in out["samples"].items():
@@ -104,13 +108,22 @@ def test_adapter_batching_and_bf16(models) -> None:
     from causalshift.evaluate.lm_eval_adapter import CausalShiftLM
 
     run, _ = models
-    reqs = [Instance("loglikelihood", {}, (ctx, cont), i) for i, (ctx, cont) in enumerate(
-        [("The sun rises in the", " east"), ("Two plus two", " equals four"),
-         ("", "Hello world"), ("A long context " * 20, " end")])]
+    reqs = [
+        Instance("loglikelihood", {}, (ctx, cont), i)
+        for i, (ctx, cont) in enumerate(
+            [
+                ("The sun rises in the", " east"),
+                ("Two plus two", " equals four"),
+                ("", "Hello world"),
+                ("A long context " * 20, " end"),
+            ]
+        )
+    ]
     a = CausalShiftLM(path=str(run), batch_size=1).loglikelihood(reqs, disable_tqdm=True)
     b = CausalShiftLM(path=str(run), batch_size=3).loglikelihood(reqs, disable_tqdm=True)
     c = CausalShiftLM(path=str(run), batch_size=4, dtype="bfloat16").loglikelihood(
-        reqs, disable_tqdm=True)
+        reqs, disable_tqdm=True
+    )
     for (x, gx), (y, gy), (z, _) in zip(a, b, c, strict=True):
         assert x == pytest.approx(y, abs=1e-4) and gx == gy
         assert z == pytest.approx(x, abs=0.5)
@@ -122,8 +135,20 @@ def test_adapter_batching_and_bf16(models) -> None:
 
 def test_eval_command_writes_labelled_eval_json(models, tmp_path, capsys) -> None:
     run, _ = models
-    rc = main(["eval", str(run), "--include-path", str(TASKS), "--tasks", "cs_mc,cs_ppl",
-               "--batch-size", "8", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "eval",
+            str(run),
+            "--include-path",
+            str(TASKS),
+            "--tasks",
+            "cs_mc,cs_ppl",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "eval.json").read_text())
     rows = {(r["task"], r["metric"], r["filter"]): r for r in data["results"]}
@@ -153,30 +178,65 @@ def test_eval_bad_input_is_user_error(models, tmp_path, capsys) -> None:
 def test_eval_unknown_task_is_user_error(models, tmp_path, capsys) -> None:
     """Slow only because naming a task as unknown needs lm-eval's full task index (~15 s)."""
     run, _ = models
-    rc = main(["eval", str(run), "--include-path", str(TASKS), "--tasks", "cs_mc,no_such_task",
-               "--out", str(tmp_path)])
+    rc = main(
+        [
+            "eval",
+            str(run),
+            "--include-path",
+            str(TASKS),
+            "--tasks",
+            "cs_mc,no_such_task",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 2 and "no_such_task" in capsys.readouterr().err
     assert not (tmp_path / "eval.json").exists()
 
 
 def test_flatten_results_labels_every_number() -> None:
-    raw = {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5,
-                                    "acc_stderr,none": 0.05, "acc_norm,none": 0.6,
-                                    "acc_norm_stderr,none": "N/A", "sample_len": 10}},
-           "higher_is_better": {"arc_easy": {"acc": True, "acc_norm": True}},
-           "n-samples": {"arc_easy": {"original": 10, "effective": 10}}}
+    raw = {
+        "results": {
+            "arc_easy": {
+                "alias": "arc_easy",
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.05,
+                "acc_norm,none": 0.6,
+                "acc_norm_stderr,none": "N/A",
+                "sample_len": 10,
+            }
+        },
+        "higher_is_better": {"arc_easy": {"acc": True, "acc_norm": True}},
+        "n-samples": {"arc_easy": {"original": 10, "effective": 10}},
+    }
     rows = flatten_results(raw)
     assert [(r["task"], r["metric"], r["filter"], r["value"], r["stderr"]) for r in rows] == [
-        ("arc_easy", "acc", "none", 0.5, 0.05), ("arc_easy", "acc_norm", "none", 0.6, None)]
+        ("arc_easy", "acc", "none", 0.5, 0.05),
+        ("arc_easy", "acc_norm", "none", 0.6, None),
+    ]
 
 
 @pytest.mark.slow
 def test_lm_eval_cli_route(models, task_dir, tmp_path) -> None:
     """`python -m causalshift.evaluate.lm_eval_cli --model causalshift ...` (lm-eval's CLI)."""
     run, _ = models
-    cmd = [sys.executable, "-m", "causalshift.evaluate.lm_eval_cli", "--model", "causalshift",
-           "--model_args", f"path={run}", "--tasks", "cs_mc", "--include_path", str(task_dir),
-           "--limit", "4", "--output_path", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "causalshift.evaluate.lm_eval_cli",
+        "--model",
+        "causalshift",
+        "--model_args",
+        f"path={run}",
+        "--tasks",
+        "cs_mc",
+        "--include_path",
+        str(task_dir),
+        "--limit",
+        "4",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = list((tmp_path / "out").rglob("results_*.json"))
@@ -190,8 +250,16 @@ def test_eval_data_parallel_matches_single_process(models, tmp_path) -> None:
     args = ["eval", str(run), "--include-path", str(TASKS), "--tasks", "cs_mc,cs_ppl"]
     assert main(args + ["--out", str(tmp_path / "one")]) == 0
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "causalshift", *args,
-           "--out", str(tmp_path / "two")]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "causalshift",
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "eval.json").read_text())
@@ -210,8 +278,9 @@ def test_gate_run_scores_equal_its_export_under_lm_eval_hf(task_dir, tmp_path) -
     from causalshift.gpt.model import GPT
 
     torch.manual_seed(1)
-    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK,
-                    residual=ResidualConfig(mode="gate"))
+    cfg = GPTConfig(
+        n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, residual=ResidualConfig(mode="gate")
+    )
     model = GPT(cfg)
     with torch.no_grad():
         model.residual.theta.copy_(torch.tensor([2.0, -1.0]))  # p far from uniform

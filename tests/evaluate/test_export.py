@@ -15,23 +15,14 @@ transformers = pytest.importorskip("transformers")
 from causalshift.cli import main  # noqa: E402
 from causalshift.errors import UserError  # noqa: E402
 from causalshift.evaluate.export import export_model  # noqa: E402
-from causalshift.gpt import GPT, GPTConfig, ResidualConfig, load_model, save_model  # noqa: E402
+from causalshift.gpt import GPT, GPTConfig, load_model, save_model  # noqa: E402
+from causalshift.testing import tiny_gpt  # noqa: E402
 
 VOCAB = 50257  # the GPT-2 tokenizer is copied alongside: keep its vocabulary
 
 
 def make_model(mode: str = "none", seed: int = 0, **res) -> GPT:
-    torch.manual_seed(seed)
-    cfg = GPTConfig(
-        n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=VOCAB,
-        residual=ResidualConfig(mode=mode, **res),
-    )  # fmt: skip
-    m = GPT(cfg)
-    with torch.no_grad():  # non-trivial biases, norms and residual parameters
-        for p in m.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return m.eval()
+    return tiny_gpt(mode, seed, vocab_size=VOCAB, **res)
 
 
 def probe(seed: int = 1) -> torch.Tensor:

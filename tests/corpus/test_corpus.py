@@ -111,17 +111,25 @@ def test_clean_wikitext_drops_markup():
 
 def test_txt_documents_split_on_two_blank_lines(tmp_path):
     path = tmp_path / "a.txt"
-    path.write_text("\ufeffFirst doc line 1.\nline 2.\n\nSame doc, new paragraph.\n\n\n"
-                    "Second doc.\n\n\n\n\nThird doc.\n", encoding="utf-8")
+    path.write_text(
+        "\ufeffFirst doc line 1.\nline 2.\n\nSame doc, new paragraph.\n\n\n"
+        "Second doc.\n\n\n\n\nThird doc.\n",
+        encoding="utf-8",
+    )
     assert list(iter_documents(str(path))) == [
-        "First doc line 1.\nline 2.\n\nSame doc, new paragraph.", "Second doc.", "Third doc.",
+        "First doc line 1.\nline 2.\n\nSame doc, new paragraph.",
+        "Second doc.",
+        "Third doc.",
     ]
 
 
 def test_jsonl_documents(tmp_path):
     path = tmp_path / "a.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in
-                              enumerate(["one", "two ü", ""])) + "\n\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["one", "two ü", ""]))
+        + "\n\n",
+        encoding="utf-8",
+    )
     assert list(iter_documents(str(path))) == ["one", "two ü"]  # empty documents are skipped
 
 
@@ -165,8 +173,16 @@ def test_file_errors(tmp_path):
 
 
 def test_group_wikitext_into_articles():
-    lines = ["", " = Alpha = \n", "", " Alpha is a letter . \n", " = = History = = \n",
-             " It is old . \n", " = Beta = \n", " Beta follows . \n"]
+    lines = [
+        "",
+        " = Alpha = \n",
+        "",
+        " Alpha is a letter . \n",
+        " = = History = = \n",
+        " It is old . \n",
+        " = Beta = \n",
+        " Beta follows . \n",
+    ]
     assert list(hub.group_wikitext(lines)) == [
         "= Alpha = \n Alpha is a letter . \n = = History = = \n It is old .",
         "= Beta = \n Beta follows .",
@@ -211,8 +227,9 @@ def _bos_tokenizer():
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", special_tokens=[("<bos>", 1)]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
 
 
 def test_token_sequences_without_bos(hf_gpt2, small_txt):
@@ -243,8 +260,11 @@ def test_token_sequences_with_bos(small_txt):
 def test_token_sequences_too_little_text(hf_gpt2, small_txt):
     path, docs = small_txt
     found = sum(len(gpt2_encoding().encode_ordinary(d)) for d in docs) + len(docs) - 1
-    with pytest.raises(UserError, match=rf"only {found} tokens .*need 100 x 64 = 6400: lower "
-                                        r"--num-seqs or --seq-len"):
+    with pytest.raises(
+        UserError,
+        match=rf"only {found} tokens .*need 100 x 64 = 6400: lower "
+        r"--num-seqs or --seq-len",
+    ):
         token_sequences(hf_gpt2, str(path), num_seqs=100, seq_len=64)
     with pytest.raises(UserError):
         token_sequences(hf_gpt2, str(path), num_seqs=0, seq_len=64)
@@ -266,8 +286,10 @@ def test_iter_token_chunks(small_txt):
 
 
 def test_brown_detokenize():
-    tagged = ("The/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' was/bedz found/vbn ,/, "
-              "and/cc it/pps didn't/dod* ;/. ;/. (/( see/vb 1/cd )/) ./.")
+    tagged = (
+        "The/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' was/bedz found/vbn ,/, "
+        "and/cc it/pps didn't/dod* ;/. ;/. (/( see/vb 1/cd )/) ./."
+    )
     assert brown_detokenize(tagged) == (
         'The jury said "no evidence" was found, and it didn\'t; (see 1).'
     )
@@ -285,7 +307,9 @@ def _xdr_strsxp(values: list[str]) -> bytes:
 
 def test_rdata_reads_character_vectors():
     assert unserialize(_xdr_strsxp(["It is a truth", "", "universally acknowledged"])) == [
-        "It is a truth", "", "universally acknowledged",
+        "It is a truth",
+        "",
+        "universally acknowledged",
     ]
 
 

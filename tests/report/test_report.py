@@ -14,7 +14,7 @@ from causalshift.errors import UserError
 from causalshift.report.build import mean_ci
 from causalshift.report.sources import find_sources, mode_label, run_info
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -94,7 +94,11 @@ def test_report_never_imports_torch_or_transformers(tmp_path: Path) -> None:
 def test_eval_json_in_run_dir_is_matched_to_its_run() -> None:
     src = find_sources([FIXTURES / "runs"])
     assert {r.path.name: len(r.evals) for r in src.runs} == {
-        "baseline_s1": 1, "baseline_s2": 1, "fixed3_s1": 1, "gate_s1": 1}
+        "baseline_s1": 1,
+        "baseline_s2": 1,
+        "fixed3_s1": 1,
+        "gate_s1": 1,
+    }
     assert not src.evals
     run = next(r for r in src.runs if r.path.name == "gate_s1")
     assert run.final_val_loss == pytest.approx(5.05) and len(run.gate_history) == 3
