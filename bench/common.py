@@ -45,17 +45,11 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The bf16-relevant ISA flags this CPU reports."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
+    from causalshift.runtime import cpu_flags as flags
+
+    have = flags()
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return [f for f in wanted if f in flags]
+    return [f for f in wanted if f in have]
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:

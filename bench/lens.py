@@ -92,7 +92,8 @@ def plain_lens(lm, tokens, topk: tuple[int, ...] = (1, 5), batch_size: int = 4, 
     """The plain logit lens: per layer, float32 logits over the whole vocabulary, torch.topk.
 
     Returns (means (L+1, M) float64 in `metric_names(topk)` order, number of positions).
-    Same positions, targets and random tokens as `run_lens` (seed `seed`).
+    Same positions, targets and random tokens as `run_lens` (seed `seed`); the columns are
+    the metric table's (`causalshift.lens.metrics.metric_table`), fed torch.topk's ranks.
     """
     import torch
 
@@ -103,9 +104,10 @@ def plain_lens(lm, tokens, topk: tuple[int, ...] = (1, 5), batch_size: int = 4, 
     vocab = lm.unembed.shape[0]
     gen = torch.Generator().manual_seed(seed)
     randoms_all = torch.randint(0, vocab, (num_seqs, seq_len - 1 - s), generator=gen)
-    n_metrics = 2 * len(topk) + 4
-    sums = torch.zeros(lm.num_layers + 1, n_metrics, dtype=torch.float64)
-    counts = torch.zeros(n_metrics, dtype=torch.float64)
+    columns = M.metric_table(topk)
+    shift = torch.tensor([c.shift_only for c in columns])
+    sums = torch.zeros(lm.num_layers + 1, len(columns), dtype=torch.float64)
+    counts = torch.zeros(len(columns), dtype=torch.float64)
     dev = lm.unembed.device
     with torch.inference_mode():
         U = lm.unembed.float()  # (V, d)
@@ -118,23 +120,34 @@ def plain_lens(lm, tokens, topk: tuple[int, ...] = (1, 5), batch_size: int = 4, 
             out = batch[:, s + 1 :].reshape(-1).to(dev)
             rnd = randoms_all[start : start + batch_size].reshape(-1).to(dev)
             keep = (inp != out).double()
+            mask = torch.where(shift.to(dev), keep[:, None], 1.0)  # (N, M)
             for layer, h in enumerate(states):
                 hn = lm.norm(h[:, s : seq_len - 1]).float().reshape(len(inp), -1)  # (N, d)
                 logits = hn @ U.T  # (N, V) float32
                 if bias is not None:
                     logits = logits + bias
                 top = torch.topk(logits, max(topk), dim=1).indices  # (N, K)
-                cols = []
-                for k in topk:
-                    cols.append((top[:, :k] == inp[:, None]).any(1).double())
-                    cols.append((top[:, :k] == out[:, None]).any(1).double())
-                a, b, r = E[inp], U[out], E[rnd]
-                cols += [M.cosine(hn, a).double(), M.cosine(hn, b).double()]
-                cols += [M.cosine(hn, r).double(), M.projection(hn, a, b).double() * keep]
-                sums[layer] += torch.stack(cols, 1).sum(0).cpu()
-            counts += len(inp)
-            counts[-1] += float(keep.sum()) - len(inp)
+                seen = M.LensInputs(
+                    states=hn,
+                    input_rank=_place_in(top, inp),
+                    output_rank=_place_in(top, out),
+                    input_embed=E[inp],
+                    output_unembed=U[out],
+                    random_embed=E[rnd],
+                )
+                values = torch.stack([c.values(seen).double() for c in columns], 1)  # (N, M)
+                sums[layer] += (values * mask).sum(0).cpu()
+            counts += torch.where(shift, float(keep.sum()), float(len(inp)))
     return sums / counts, int(counts[0])
+
+
+def _place_in(top, target):
+    """The target's place in each row's torch.topk list (N, K), K where absent: its rank
+    capped at K, as far as top-k membership goes (ties ordered as torch.topk orders them)."""
+    import torch
+
+    hit = top == target[:, None]
+    return torch.where(hit.any(1), hit.int().argmax(1), top.shape[1])
 
 
 def run_means(run) -> Any:
@@ -203,10 +216,10 @@ def retirement_by_layer(lm, tokens, topk: tuple[int, ...] = (1, 5), vocab_chunk:
 
     from causalshift.lens import engine as E
     from causalshift.lens import metrics as M
-    from causalshift.lens.models import parse_dtype
+    from causalshift.runtime import lens_dtypes
 
     chunk = vocab_chunk or E.VOCAB_CHUNK
-    dtype = parse_dtype("auto", str(lm.device))[1]  # the default screen
+    dtype = lens_dtypes("auto", str(lm.device))[1]  # the default screen
     weights = E.LensWeights.prepare(lm, dtype, chunk, first=E.by_frequency(tokens))
     n_chunks = len(weights.chunks)
     k = max(topk)
@@ -256,6 +269,58 @@ def compare(
 
     Times are wall seconds of the whole call (forward, lens and weight preparation).
     """
+    fns, fast_screens = _compare_fns(lm, tokens, batch_size, with_plain, with_float32)
+    times, last = alternate(fns, reps, device)
+    n_tok = tokens.numel()
+    positions = last["ours_fast"].num_positions
+    d, vocab = lm.unembed.shape[1], lm.unembed.shape[0]
+    lens_flops = (lm.num_layers + 1) * 2.0 * d * vocab * positions
+    out: dict[str, Any] = {
+        "model": lm.name,
+        "num_seqs": int(tokens.shape[0]),
+        "seq_len": int(tokens.shape[1]),
+        "batch_size": batch_size,
+        "tokens": n_tok,
+        "positions": positions,
+        "layers": lm.num_layers,
+        "d_model": d,
+        "vocab": vocab,
+        "reps": reps,
+        "fast_screens": fast_screens,
+        "seconds": times,
+        "median_seconds": {k: median(v) for k, v in times.items()},
+        "tokens_per_second": {k: n_tok / median(v) for k, v in times.items()},
+        "lens_gflop_per_token": lens_flops / positions / 1e9,
+    }
+    med = out["median_seconds"]
+    out.update(_speedups(times, med, with_plain, with_float32))
+    out.update(_agreement(last, positions, with_plain, with_float32))
+    # Throughput of the projection.
+    lens_seconds = {k: med[k] - med["forward_only"] for k in med if k != "forward_only"}
+    out["lens_seconds_excluding_forward"] = lens_seconds
+    out["effective_gflops"] = {k: lens_flops / med[k] / 1e9 for k in med if k != "forward_only"}
+    from causalshift.lens.engine import LensWeights
+    from causalshift.runtime import lens_dtypes
+
+    fast_dtype = lens_dtypes("auto", device)[1]
+    out["weights_prepare_seconds"] = timed(lambda: LensWeights.prepare(lm, fast_dtype), device)[
+        0
+    ]  # order + the screens' copies of U, once per run_lens call (included in the times above)
+    executed = count_executed(lm, tokens, batch_size=batch_size)
+    out.update(executed)
+    out["executed_gops_fast"] = executed["executed_flops"] / med["ours_fast"] / 1e9
+    if peak:
+        out["matmul_peak_gflops"] = peak
+        main = peak.get(fast_screens[-1], float("nan"))  # most of the vocabulary's screen
+        out["effective_fraction_of_fast_peak"] = out["effective_gflops"]["ours_fast"] / main
+        out["executed_fraction_of_fast_peak"] = out["executed_gops_fast"] / main
+    return out
+
+
+def _compare_fns(
+    lm, tokens, batch_size: int, with_plain: bool, with_float32: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """`compare`'s contestants (after a warm-up) and the default screens' dtypes."""
     import torch
 
     from causalshift.lens.engine import residual_stream, run_lens
@@ -283,29 +348,12 @@ def compare(
                 residual_stream(lm, tokens[i : i + batch_size])
 
     fns["forward_only"] = forward_only
-    times, last = alternate(fns, reps, device)
-    n_tok = tokens.numel()
-    positions = last["ours_fast"].num_positions
-    d, vocab = lm.unembed.shape[1], lm.unembed.shape[0]
-    lens_flops = (lm.num_layers + 1) * 2.0 * d * vocab * positions
-    out: dict[str, Any] = {
-        "model": lm.name,
-        "num_seqs": int(tokens.shape[0]),
-        "seq_len": int(tokens.shape[1]),
-        "batch_size": batch_size,
-        "tokens": n_tok,
-        "positions": positions,
-        "layers": lm.num_layers,
-        "d_model": d,
-        "vocab": vocab,
-        "reps": reps,
-        "fast_screens": fast_screens,
-        "seconds": times,
-        "median_seconds": {k: median(v) for k, v in times.items()},
-        "tokens_per_second": {k: n_tok / median(v) for k, v in times.items()},
-        "lens_gflop_per_token": lens_flops / positions / 1e9,
-    }
-    med = out["median_seconds"]
+    return fns, fast_screens
+
+
+def _speedups(times, med, with_plain: bool, with_float32: bool) -> dict[str, Any]:
+    """Ratios of median seconds between `compare`'s contestants."""
+    out: dict[str, Any] = {}
     if with_plain:
         out["speedup_fast_vs_plain"] = med["plain"] / med["ours_fast"]
         # ratio of each repetition's pair (they ran next to each other)
@@ -318,7 +366,12 @@ def compare(
         out["speedup_fast_vs_float32"] = med["ours_float32"] / med["ours_fast"]
     if with_plain and with_float32:
         out["speedup_float32_vs_plain"] = med["plain"] / med["ours_float32"]
-    # Agreement of the metrics.
+    return out
+
+
+def _agreement(last, positions: int, with_plain: bool, with_float32: bool) -> dict[str, Any]:
+    """How far the metrics of `compare`'s contestants are apart (their last repetition)."""
+    out: dict[str, Any] = {}
     fast = run_means(last["ours_fast"])
     names = last["ours_fast"].accumulator.names
     if with_float32:
@@ -342,25 +395,6 @@ def compare(
         if with_float32:
             out["max_abs_diff_plain_vs_float32"] = float((plain - ref).abs().max())
         out["max_abs_diff_fast_vs_plain"] = float((fast - plain).abs().max())
-    # Throughput of the projection.
-    lens_seconds = {k: med[k] - med["forward_only"] for k in med if k != "forward_only"}
-    out["lens_seconds_excluding_forward"] = lens_seconds
-    out["effective_gflops"] = {k: lens_flops / med[k] / 1e9 for k in med if k != "forward_only"}
-    from causalshift.lens.engine import LensWeights
-    from causalshift.lens.models import parse_dtype
-
-    fast_dtype = parse_dtype("auto", device)[1]
-    out["weights_prepare_seconds"] = timed(lambda: LensWeights.prepare(lm, fast_dtype), device)[
-        0
-    ]  # order + the screens' copies of U, once per run_lens call (included in the times above)
-    executed = count_executed(lm, tokens, batch_size=batch_size)
-    out.update(executed)
-    out["executed_gops_fast"] = executed["executed_flops"] / med["ours_fast"] / 1e9
-    if peak:
-        out["matmul_peak_gflops"] = peak
-        main = peak.get(fast_screens[-1], float("nan"))  # most of the vocabulary's screen
-        out["effective_fraction_of_fast_peak"] = out["effective_gflops"]["ours_fast"] / main
-        out["executed_fraction_of_fast_peak"] = out["executed_gops_fast"] / main
     return out
 
 
@@ -526,7 +560,7 @@ def weights_memory_probe(vocab: int = 262144, hidden: int = 640) -> dict[str, An
     quiet_openmp()
     from causalshift.lens.engine import LensWeights
     from causalshift.lens.kernels import quantize_fn
-    from causalshift.lens.models import parse_dtype
+    from causalshift.runtime import lens_dtypes
 
     lm = random_model(hidden=hidden, layers=1, vocab=vocab)
     _touch(lm)
@@ -534,7 +568,7 @@ def weights_memory_probe(vocab: int = 262144, hidden: int = 640) -> dict[str, An
     peak_reset = reset_peak_rss()
     base = vm_status()
     t0 = time.perf_counter()
-    w = LensWeights.prepare(lm, parse_dtype("auto", "cpu")[1])
+    w = LensWeights.prepare(lm, lens_dtypes("auto", "cpu")[1])
     seconds = time.perf_counter() - t0
     peak = vm_status()
     mib = 1 / 2**20

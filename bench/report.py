@@ -63,6 +63,11 @@ def _lens(res: dict[str, Any]) -> str:
     g = L.get("gemma")
     if not g:
         return ""
+    return "\n".join(_lens_speed(g) + _lens_agreement(g) + _lens_peak(g, L.get("layout")))
+
+
+def _lens_speed(g: dict[str, Any]) -> list[str]:
+    """The lens section's timing table and speedups."""
     tps, med = g["tokens_per_second"], g["median_seconds"]
     eff = g["effective_gflops"]
     peak = g.get("matmul_peak_gflops", {})
@@ -108,6 +113,13 @@ def _lens(res: dict[str, Any]) -> str:
         f"fast path vs our bf16 screen: {_f(g.get('speedup_fast_vs_bf16'))}x; "
         f"fast path vs our float32 path: {_f(g.get('speedup_fast_vs_float32'))}x; "
         f"our float32 vs plain: {_f(g.get('speedup_float32_vs_plain'))}x.\n",
+    ]
+    return out
+
+
+def _lens_agreement(g: dict[str, Any]) -> list[str]:
+    """How far the fast path's metrics are from the float32 and plain ones."""
+    out = [
         "\n### Agreement of the metrics\n",
         f"Largest absolute difference over all layers and metrics: fast path vs float32 "
         f"reference **{_f(g.get('max_abs_diff_fast_vs_float32'), '.2e')}** (goal < 0.01; "
@@ -136,6 +148,14 @@ def _lens(res: dict[str, Any]) -> str:
                 ]
             )
         )
+    return out
+
+
+def _lens_peak(g: dict[str, Any], lay: dict[str, Any] | None) -> list[str]:
+    """The projection's throughput against the matmul peak, and the chunk layout."""
+    med, eff = g["median_seconds"], g["effective_gflops"]
+    peak = g.get("matmul_peak_gflops", {})
+    out: list[str] = []
     fwd_share = med["forward_only"] / med["ours_fast"] if "forward_only" in med else None
     main = _peak_key("ours_fast", g)
     by_screen = g.get("executed_fraction_by_screen") or {}
@@ -164,7 +184,6 @@ def _lens(res: dict[str, Any]) -> str:
         f"{_pct((g.get('weights_prepare_seconds') or 0) / med['ours_fast'])} of this fast-path "
         "run (a fixed cost that a long `analyze` amortizes).\n",
     ]
-    lay = L.get("layout")
     if lay:
         gf = lay["gflops"]
         out.append(
@@ -175,7 +194,7 @@ def _lens(res: dict[str, Any]) -> str:
             f"{_f(gf['row_slice_of_U'])} GFLOP/s "
             f"({_f(lay['speedup_row_slice'])}x).\n"
         )
-    return "\n".join(out)
+    return out
 
 
 def _scaling(res: dict[str, Any]) -> str:
@@ -287,7 +306,15 @@ def _train(res: dict[str, Any]) -> str:
     t = res.get("train")
     if not t:
         return ""
-    out = ["## Training\n"]
+    out = ["## Training\n", *_train_steps(t)]
+    out += _train_logits(res.get("train_logits"))
+    out += _train_modes(t.get("modes")) + _train_growth(t.get("growth"))
+    return "\n".join(out)
+
+
+def _train_steps(t: dict[str, Any]) -> list[str]:
+    """The trainer's step against the plain nanoGPT-style step, compiled and eager."""
+    out: list[str] = []
     rows = []
     for key in ("compile", "eager"):
         r = t.get(key)
@@ -326,7 +353,12 @@ def _train(res: dict[str, Any]) -> str:
                     f"0.95; per block pair: "
                     f"{', '.join(f'{x:.3f}' for x in r['ratio_per_rep'])}).\n"
                 )
-    lg = res.get("train_logits")
+    return out
+
+
+def _train_logits(lg: dict[str, Any] | None) -> list[str]:
+    """What returning the logits costs the plain step."""
+    out: list[str] = []
     if lg:
         rows = [
             {
@@ -346,7 +378,12 @@ def _train(res: dict[str, Any]) -> str:
             "trainer.\n",
             md_table(rows),
         ]
-    m = t.get("modes")
+    return out
+
+
+def _train_modes(m: dict[str, Any] | None) -> list[str]:
+    """The residual modes' cost against the baseline."""
+    out: list[str] = []
     if m:
         paired = m.get("overhead_vs_none_paired", {})
         rows = [
@@ -368,7 +405,12 @@ def _train(res: dict[str, Any]) -> str:
             "3%; the per-block seconds are in bench/results.json).\n",
             md_table(rows),
         ]
-    g = t.get("growth")
+    return out
+
+
+def _train_growth(g: list[dict[str, Any]] | None) -> list[str]:
+    """Trainer throughput by model size."""
+    out: list[str] = []
     if g:
         out += [
             "\n### Trainer throughput by model size and tokens per step\n",
@@ -379,7 +421,7 @@ def _train(res: dict[str, Any]) -> str:
                 ["preset", "params", "tokens_per_step", "precision", "tokens_per_second", "mfu"],
             ),
         ]
-    return "\n".join(out)
+    return out
 
 
 def _prepare(res: dict[str, Any]) -> str:
@@ -428,79 +470,93 @@ def _findings(res: dict[str, Any]) -> str:
     peak = res.get("peak") or {}
     g = (res.get("lens") or {}).get("gemma")
     if g and peak:
-        pb, pf = peak.get("bfloat16", float("nan")), peak.get("float32", float("nan"))
-        main = _peak_key("ours_fast", g)
-        pm = peak.get(main, float("nan"))
-        frac = g.get("executed_fraction") or 1.0
-        per_pos = g["lens_gflop_per_token"]
-        med = g["median_seconds"]
-        ms_pos = 1e3 * med["ours_fast"] / g["positions"]
-        speedup = g.get("speedup_fast_vs_plain") or 0.0
-        verdict = "meets" if speedup >= 10 else "short of"
-        fwd = med.get("forward_only", 0.0) / med["ours_fast"]
-        prep = (g.get("weights_prepare_seconds") or 0.0) / med["ours_fast"]
+        out += _lens_findings(g, peak)
+    out += _train_findings(res)
+    return "\n".join(out) + "\n"
+
+
+def _lens_findings(g: dict[str, Any], peak: dict[str, float]) -> list[str]:
+    """The lens' speedup against the goal, where the time goes, the int8 screen."""
+    out: list[str] = []
+    pb, pf = peak.get("bfloat16", float("nan")), peak.get("float32", float("nan"))
+    main = _peak_key("ours_fast", g)
+    pm = peak.get(main, float("nan"))
+    frac = g.get("executed_fraction") or 1.0
+    per_pos = g["lens_gflop_per_token"]
+    med = g["median_seconds"]
+    ms_pos = 1e3 * med["ours_fast"] / g["positions"]
+    speedup = g.get("speedup_fast_vs_plain") or 0.0
+    verdict = "meets" if speedup >= 10 else "short of"
+    fwd = med.get("forward_only", 0.0) / med["ours_fast"]
+    prep = (g.get("weights_prepare_seconds") or 0.0) / med["ours_fast"]
+    out.append(
+        f"- **Lens speedup {_f(speedup)}x over the plain implementation, {verdict} the 10x "
+        f"goal in this run**, with the {_screens(g)} "
+        f"({_f(g.get('speedup_fast_vs_bf16'))}x the bf16 screen alone). This machine has "
+        f"AVX-512 bf16 and VNNI but no AMX: its bf16 matmul peak is {pb / pf:.2f}x its "
+        f"float32 peak and its int8 peak {peak.get('int8', float('nan')) / pf:.2f}x "
+        f"({_f(pb)}, {_f(peak.get('int8'))} and {_f(pf)} G(FL)OP/s); the plain path itself "
+        f"runs at {_pct(g['effective_gflops'].get('plain', 0) / pf)} of the float32 peak. "
+        f"The pruned path multiplies {_pct(frac)} of the dense rows x columns, so at the "
+        f"{main} peak the projection alone could be about ({main}/fp32 peak) / executed "
+        f"fraction = {(pm / pf) / frac:.1f}x a dense float32 projection; on top of it come "
+        f"the forward pass ({_pct(fwd)} of the fast path's time) and preparing the lens' "
+        f"copies of U ({_pct(prep)})."
+    )
+    out.append(
+        "- What is left is mostly rows whose target really is in the top-k (see the "
+        "table above: per layer, the share of rows scanning the whole vocabulary tracks "
+        "that layer's top-5 match rates). Such a row is only decided once every other "
+        "entry is known to be below its target, and the norm bound |z_v| <= |h| |U_v| "
+        "never stops it early on Gemma 3, whose unembedding rows all have nearly the same "
+        "norm. A low-rank split does not help either (a manual check on Gemma 3, 2 x 64 "
+        "tokens): with U rotated to its principal axes, the top 128 of 640 dimensions hold "
+        "56% of U's energy, but the normed states keep 0.85-0.92 of their norm outside "
+        "them and U's rows 0.69, so the Cauchy-Schwarz bound on the rest is about "
+        "0.6 |h| |U_v|, above a typical target's logit. What does help for those rows is "
+        "a cheaper screen: the int8 one. The fast path executes its matmuls at "
+        f"{_pct(g.get('executed_fraction_of_fast_peak'))} of the {main} peak over the "
+        f"whole call; a dense {main} projection at the peak would need "
+        f"{per_pos / pm * 1e3:.0f} ms per position, the fast path took {ms_pos:.0f} ms."
+    )
+    out.append(
+        "- *The int8 screen.* Gemma 3's residual states have outlier channels (max |h_j| "
+        "~ 9-14x the RMS) and so do its unembedding rows: per-row int8 without a "
+        "rotation gives an error bound of 2-3% (h) plus 5% (U, per chunk) of |h| |U_v|, "
+        "about 8x bf16's, and an earlier attempt on that basis was slower than bf16. A "
+        "block-Hadamard rotation of both sides (blocks of 32 dims; x . y = 32 h . U "
+        "exactly) spreads the outliers: 0.7-0.8% (h) and 1.2-1.4% (U), so the band "
+        "around a top-k target holds only a few entries (a manual check: 3-5 entries on "
+        "average within 1.5% of |h| |U|, 8-15 within 3%). `torch._int_mm` runs about 2x "
+        "the bf16 matmul at these shapes, provided its output buffer is reused: a fresh "
+        "int32 output of tens of MB per chunk is page-faulted in every time, which halved "
+        "its rate (3000 x 4096 outputs: 464 vs 810 GOP/s in a micro-benchmark), so each "
+        "screen keeps one buffer. The first 16,384 columns (the text's own tokens first, "
+        "where most rows are decided and targets often sit close to competitors) stay on "
+        "the bf16 screen: with int8 everywhere the re-scored entries grew 8x (127k vs "
+        "15k on 8 x 64 tokens), with bf16 first 2.5x."
+    )
+    flips = g.get("flipped_positions_fast_vs_float32") or {}
+    if any(flips.values()):
         out.append(
-            f"- **Lens speedup {_f(speedup)}x over the plain implementation, {verdict} the 10x "
-            f"goal in this run**, with the {_screens(g)} "
-            f"({_f(g.get('speedup_fast_vs_bf16'))}x the bf16 screen alone). This machine has "
-            f"AVX-512 bf16 and VNNI but no AMX: its bf16 matmul peak is {pb / pf:.2f}x its "
-            f"float32 peak and its int8 peak {peak.get('int8', float('nan')) / pf:.2f}x "
-            f"({_f(pb)}, {_f(peak.get('int8'))} and {_f(pf)} G(FL)OP/s); the plain path itself "
-            f"runs at {_pct(g['effective_gflops'].get('plain', 0) / pf)} of the float32 peak. "
-            f"The pruned path multiplies {_pct(frac)} of the dense rows x columns, so at the "
-            f"{main} peak the projection alone could be about ({main}/fp32 peak) / executed "
-            f"fraction = {(pm / pf) / frac:.1f}x a dense float32 projection; on top of it come "
-            f"the forward pass ({_pct(fwd)} of the fast path's time) and preparing the lens' "
-            f"copies of U ({_pct(prep)})."
+            "- *Correctness*: top-k hits differed from the float32 reference at "
+            f"{', '.join(f'{k} {v}' for k, v in flips.items() if v)} position(s); the "
+            "screen re-scores every entry within its error bound, so this is a bug."
         )
+    else:
         out.append(
-            "- What is left is mostly rows whose target really is in the top-k (see the "
-            "table above: per layer, the share of rows scanning the whole vocabulary tracks "
-            "that layer's top-5 match rates). Such a row is only decided once every other "
-            "entry is known to be below its target, and the norm bound |z_v| <= |h| |U_v| "
-            "never stops it early on Gemma 3, whose unembedding rows all have nearly the same "
-            "norm. A low-rank split does not help either (a manual check on Gemma 3, 2 x 64 "
-            "tokens): with U rotated to its principal axes, the top 128 of 640 dimensions hold "
-            "56% of U's energy, but the normed states keep 0.85-0.92 of their norm outside "
-            "them and U's rows 0.69, so the Cauchy-Schwarz bound on the rest is about "
-            "0.6 |h| |U_v|, above a typical target's logit. What does help for those rows is "
-            "a cheaper screen: the int8 one. The fast path executes its matmuls at "
-            f"{_pct(g.get('executed_fraction_of_fast_peak'))} of the {main} peak over the "
-            f"whole call; a dense {main} projection at the peak would need "
-            f"{per_pos / pm * 1e3:.0f} ms per position, the fast path took {ms_pos:.0f} ms."
+            "- The fast path's top-k hits equal the float32 reference's (every entry "
+            "within the screen's error bound of a target is re-scored in float32); the "
+            "metrics differ by "
+            f"{_f(g.get('max_abs_diff_fast_vs_float32'), '.1e')} at most: the float "
+            "rounding of the sums."
         )
-        out.append(
-            "- *The int8 screen.* Gemma 3's residual states have outlier channels (max |h_j| "
-            "~ 9-14x the RMS) and so do its unembedding rows: per-row int8 without a "
-            "rotation gives an error bound of 2-3% (h) plus 5% (U, per chunk) of |h| |U_v|, "
-            "about 8x bf16's, and an earlier attempt on that basis was slower than bf16. A "
-            "block-Hadamard rotation of both sides (blocks of 32 dims; x . y = 32 h . U "
-            "exactly) spreads the outliers: 0.7-0.8% (h) and 1.2-1.4% (U), so the band "
-            "around a top-k target holds only a few entries (a manual check: 3-5 entries on "
-            "average within 1.5% of |h| |U|, 8-15 within 3%). `torch._int_mm` runs about 2x "
-            "the bf16 matmul at these shapes, provided its output buffer is reused: a fresh "
-            "int32 output of tens of MB per chunk is page-faulted in every time, which halved "
-            "its rate (3000 x 4096 outputs: 464 vs 810 GOP/s in a micro-benchmark), so each "
-            "screen keeps one buffer. The first 16,384 columns (the text's own tokens first, "
-            "where most rows are decided and targets often sit close to competitors) stay on "
-            "the bf16 screen: with int8 everywhere the re-scored entries grew 8x (127k vs "
-            "15k on 8 x 64 tokens), with bf16 first 2.5x."
-        )
-        flips = g.get("flipped_positions_fast_vs_float32") or {}
-        if any(flips.values()):
-            out.append(
-                "- *Correctness*: top-k hits differed from the float32 reference at "
-                f"{', '.join(f'{k} {v}' for k, v in flips.items() if v)} position(s); the "
-                "screen re-scores every entry within its error bound, so this is a bug."
-            )
-        else:
-            out.append(
-                "- The fast path's top-k hits equal the float32 reference's (every entry "
-                "within the screen's error bound of a target is re-scored in float32); the "
-                "metrics differ by "
-                f"{_f(g.get('max_abs_diff_fast_vs_float32'), '.1e')} at most: the float "
-                "rounding of the sums."
-            )
+    return out
+
+
+def _train_findings(res: dict[str, Any]) -> list[str]:
+    """The trainer against the plain step, the logits output, the residual modes."""
+    out: list[str] = []
     t = res.get("train") or {}
     for key in ("compile", "eager"):
         r = t.get(key)
@@ -536,7 +592,7 @@ def _findings(res: dict[str, Any]) -> str:
             "multiply per block on the residual (and a softmax over L+1 logits for the gate), "
             "so differences of a few percent of either sign are this machine's noise."
         )
-    return "\n".join(out) + "\n"
+    return out
 
 
 def render(res: dict[str, Any]) -> str:

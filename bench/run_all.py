@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,48 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     big = (8192,) * 3 if dev.startswith("cuda") else (2048,) * 3
     section("peak", lambda: common.matmul_peak(size=big, device=dev))
     peak = res.get("peak") or common.matmul_peak(size=(512,) * 3, device=dev)
-    holder: dict[str, Any] = {}
-
-    def lens_section() -> dict[str, Any]:
-        if args.gemma2_2b_shape:
-            out = {"gemma2_2b_shape": lens.gemma2_2b_shape(dev, **sizes["lens"])}
-            return out
-        lm, tokens = lens.gemma_inputs(sizes["lens"]["num_seqs"], sizes["lens"]["seq_len"], dev)
-        holder["lm"] = lm
-        out = {"gemma": lens.compare(lm, tokens, reps=sizes["lens"]["reps"], device=dev, peak=peak)}
-        if not dev.startswith("cuda"):
-            out["layout"] = lens.chunk_layout(**sizes["layout"])
-        return out
-
-    section("lens", lens_section)
-
-    def scaling_section() -> dict[str, Any]:
-        s = sizes["scaling"]
-        lm = holder.get("lm")
-        n, T = max(s["seqs"]), max(s["seq_lens"])
-        if lm is None:
-            lm, tokens = lens.gemma_inputs(n, T, dev)
-        else:
-            from causalshift.corpus import token_sequences
-
-            tokens = token_sequences(lm.tokenizer, "wiki", n, T)
-        return lens.scaling(lm, tokens, device=dev, **s)
-
-    section("scaling", scaling_section)
-
-    def retire_section() -> list[dict[str, Any]]:
-        lm = holder.get("lm")
-        n, T = sizes["retire"]
-        if lm is None:
-            lm, tokens = lens.gemma_inputs(n, T, dev)
-        else:
-            from causalshift.corpus import token_sequences
-
-            tokens = token_sequences(lm.tokenizer, "wiki", n, T)
-        return lens.retirement_by_layer(lm, tokens)
-
-    section("retire", retire_section)
-    holder.clear()
+    _lens_sections(section, sizes, dev, peak, args.gemma2_2b_shape)
     section("memory", lambda: lens.memory(sizes["memory"]) if dev == "cpu" else [])
     section(
         "weights_memory",
@@ -168,37 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else []
         ),
     )
-
-    def train_section() -> dict[str, Any]:
-        t = sizes["train"]
-        out = {
-            "compile": train.compare(
-                t["preset"],
-                batch_size=t["batch_size"],
-                steps=t["steps"],
-                reps=t["reps"],
-                device=dev,
-                compile=True,
-                peak=peak,
-            ),
-            "eager": train.compare(
-                t["preset"],
-                batch_size=t["batch_size"],
-                steps=t["steps"],
-                reps=max(1, t["reps"] - 1),
-                device=dev,
-                compile=False,
-                peak=peak,
-            ),
-        }
-        m = sizes["modes"]
-        out["modes"] = train.residual_modes(
-            m["preset"], batch_size=m["batch_size"], steps=m["steps"], reps=m["reps"], device=dev
-        )
-        out["growth"] = train.growth(device=dev, peak=peak, **sizes["growth"])
-        return out
-
-    section("train", train_section)
+    section("train", lambda: _train_section(sizes, dev, peak))
     section(
         "train_logits",
         lambda: {
@@ -209,6 +139,85 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     section("prepare", lambda: prepare.compare(**sizes["prepare"]))
     res["machine_end"] = machine(dev)
     return res
+
+
+def _lens_sections(
+    section: Callable[[str, Callable[[], Any]], None],
+    sizes: dict[str, Any],
+    dev: str,
+    peak: dict[str, float],
+    gemma2_2b_shape: bool,
+) -> None:
+    """The lens, scaling and retire sections, sharing one loaded Gemma when they can."""
+    from bench import lens
+
+    holder: dict[str, Any] = {}
+
+    def lens_section() -> dict[str, Any]:
+        if gemma2_2b_shape:
+            out = {"gemma2_2b_shape": lens.gemma2_2b_shape(dev, **sizes["lens"])}
+            return out
+        lm, tokens = lens.gemma_inputs(sizes["lens"]["num_seqs"], sizes["lens"]["seq_len"], dev)
+        holder["lm"] = lm
+        out = {"gemma": lens.compare(lm, tokens, reps=sizes["lens"]["reps"], device=dev, peak=peak)}
+        if not dev.startswith("cuda"):
+            out["layout"] = lens.chunk_layout(**sizes["layout"])
+        return out
+
+    def inputs(n: int, T: int) -> tuple[Any, Any]:
+        lm = holder.get("lm")
+        if lm is None:
+            return lens.gemma_inputs(n, T, dev)
+        from causalshift.corpus import token_sequences
+
+        return lm, token_sequences(lm.tokenizer, "wiki", n, T)
+
+    def scaling_section() -> dict[str, Any]:
+        s = sizes["scaling"]
+        lm, tokens = inputs(max(s["seqs"]), max(s["seq_lens"]))
+        return lens.scaling(lm, tokens, device=dev, **s)
+
+    def retire_section() -> list[dict[str, Any]]:
+        lm, tokens = inputs(*sizes["retire"])
+        return lens.retirement_by_layer(lm, tokens)
+
+    section("lens", lens_section)
+    section("scaling", scaling_section)
+    section("retire", retire_section)
+    holder.clear()
+
+
+def _train_section(sizes: dict[str, Any], dev: str, peak: dict[str, float]) -> dict[str, Any]:
+    """Trainer vs plain step (compiled and eager), residual modes, growth."""
+    from bench import train
+
+    t = sizes["train"]
+    out = {
+        "compile": train.compare(
+            t["preset"],
+            batch_size=t["batch_size"],
+            steps=t["steps"],
+            reps=t["reps"],
+            device=dev,
+            compile=True,
+            peak=peak,
+        ),
+        "eager": train.compare(
+            t["preset"],
+            batch_size=t["batch_size"],
+            steps=t["steps"],
+            reps=max(1, t["reps"] - 1),
+            device=dev,
+            compile=False,
+            peak=peak,
+        ),
+    }
+    m = sizes["modes"]
+    out["modes"] = train.residual_modes(
+        m["preset"], batch_size=m["batch_size"], steps=m["steps"], reps=m["reps"], device=dev
+    )
+    out["growth"] = train.growth(device=dev, peak=peak, **sizes["growth"])
+    return out
 
 
 def _dump(res: dict[str, Any], path: str) -> None:

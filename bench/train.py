@@ -36,13 +36,15 @@ def _data_dir(root: Path, block_size: int, seed: int = 0) -> Path:
 
 def make_trainer(root: Path, cfg, device: str = "cpu", name: str = "run"):
     """A `causalshift.train.loop.Trainer` on random tokens (not run: call `train_step`)."""
-    from causalshift.train import distributed as D
+    from causalshift import runtime
     from causalshift.train.loop import Trainer
 
-    info = D.DistInfo(rank=0, local_rank=0, world_size=1, device=D.pick_device(device))
+    info = runtime.DistInfo(
+        rank=0, local_rank=0, world_size=1, device=runtime.resolve_device(device)
+    )
     data = root / "data"
     if not data.exists():
-        _data_dir(root, cfg.block_size)
+        _data_dir(root, cfg.model.block_size)
     return Trainer(cfg, root / name, data, info, progress=False)
 
 
@@ -95,7 +97,7 @@ def compare(
     import torch
 
     from bench.nanogpt import PlainTrainer
-    from causalshift.train.loop import autocast_dtype
+    from causalshift.runtime import autocast_dtype
 
     cfg = bench_config(
         preset,
@@ -109,11 +111,11 @@ def compare(
         ours = make_trainer(Path(tmp), cfg, device)
         amp = autocast_dtype(cfg.dtype, ours.device)
         plain = PlainTrainer(
-            cfg.n_layer,
-            cfg.n_head,
-            cfg.n_embd,
-            cfg.block_size,
-            cfg.vocab_size,
+            cfg.model.n_layer,
+            cfg.model.n_head,
+            cfg.model.n_embd,
+            cfg.model.block_size,
+            cfg.model.vocab_size,
             amp=amp,
             compile=compile,
             lr=cfg.lr,
@@ -122,7 +124,7 @@ def compare(
         gen = torch.Generator().manual_seed(0)
         batches = []
         for _ in range(4):
-            t = torch.randint(0, 50257, (batch_size, cfg.block_size + 1), generator=gen)
+            t = torch.randint(0, 50257, (batch_size, cfg.model.block_size + 1), generator=gen)
             batches.append((t[:, :-1].to(ours.device), t[:, 1:].to(ours.device)))
         _ours_steps(ours, warmup)()  # compile + warm-up
         _plain_steps(plain, batches, warmup)()
@@ -130,16 +132,15 @@ def compare(
         times, _ = alternate(fns, reps, device)
         flops_per_token = ours.model.flops_per_token()
         n_params = ours.model.num_params()
-    tokens = steps * batch_size * cfg.block_size
+    tokens = steps * batch_size * cfg.model.block_size
     tok_s = {k: tokens / median(v) for k, v in times.items()}
+    m = cfg.model
     out = {
         "preset": preset,
-        "shape": dict(
-            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size
-        ),
+        "shape": dict(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size),
         "params": n_params,
         "batch_size": batch_size,
-        "tokens_per_step": batch_size * cfg.block_size,
+        "tokens_per_step": batch_size * cfg.model.block_size,
         "steps_per_block": steps,
         "reps": reps,
         "compile": compile,
@@ -172,19 +173,20 @@ def logits_output_cost(
     import torch
 
     from bench.nanogpt import PlainTrainer
-    from causalshift.train.loop import autocast_dtype
+    from causalshift.runtime import autocast_dtype
 
     cfg = bench_config(preset, device, batch_size=batch_size, compile=compile)
     with tempfile.TemporaryDirectory() as tmp:
         ours = make_trainer(Path(tmp), cfg, device)
         amp = autocast_dtype(cfg.dtype, ours.device)
-        shape = (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size)
+        m = cfg.model
+        shape = (m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size)
         plain = PlainTrainer(*shape, amp=amp, compile=compile, device=ours.device)
         with_logits = PlainTrainer(
             *shape, amp=amp, compile=compile, device=ours.device, return_logits=True
         )
         t = torch.randint(
-            0, 50257, (batch_size, cfg.block_size + 1), generator=torch.Generator().manual_seed(0)
+            0, 50257, (batch_size, m.block_size + 1), generator=torch.Generator().manual_seed(0)
         )
         batches = [(t[:, :-1].to(ours.device), t[:, 1:].to(ours.device))]
         fns = {
@@ -244,7 +246,7 @@ def residual_modes(
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
         for mode in modes:
-            n_layer = overrides.get("n_layer") or bench_config(preset, device).n_layer
+            n_layer = overrides.get("n_layer") or bench_config(preset, device).model.n_layer
             extra = {"cut_layer": max(1, n_layer * 2 // 3)} if mode == "fixed" else {}
             cfg = bench_config(
                 preset,
@@ -260,7 +262,7 @@ def residual_modes(
             trainers[mode] = tr
         fns = {m: _ours_steps(tr, steps) for m, tr in trainers.items()}
         times, _ = alternate(fns, reps, device)
-    tokens = steps * batch_size * cfg.block_size
+    tokens = steps * batch_size * cfg.model.block_size
     tok_s = {m: tokens / median(t) for m, t in times.items()}
     # Paired: each round ran every mode back to back, so the ratio within a round cancels
     # most of the machine's drift; the median over rounds is the claim.
@@ -293,7 +295,7 @@ def trainer_throughput(
     peak: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Tokens/s (and MFU) of the trainer's step alone, for the growth table."""
-    from causalshift.train.loop import autocast_dtype
+    from causalshift.runtime import autocast_dtype
 
     cfg = bench_config(
         preset,
@@ -308,12 +310,12 @@ def trainer_throughput(
         times, _ = alternate({"ours": _ours_steps(tr, steps)}, reps, device)
         flops, params = tr.model.flops_per_token(), tr.model.num_params()
         amp = autocast_dtype(cfg.dtype, tr.device)
-    tok_s = steps * batch_size * cfg.block_size / median(times["ours"])
+    tok_s = steps * batch_size * cfg.model.block_size / median(times["ours"])
     key = "bfloat16" if amp is not None else "float32"
     return {
         "preset": preset,
         "params": params,
-        "tokens_per_step": batch_size * cfg.block_size,
+        "tokens_per_step": batch_size * cfg.model.block_size,
         "precision": key,
         "tokens_per_second": tok_s,
         "flops_per_token": flops,

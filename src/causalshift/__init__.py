@@ -1,17 +1,14 @@
-"""causalshift: measure and mitigate the causal shift in autoregressive Transformers."""
+"""causalshift: measure and mitigate the causal shift in autoregressive Transformers.
 
-from causalshift import hf_auto as _hf_auto
+`import causalshift` imports neither torch nor transformers; it arranges (`hf_auto.install`)
+that exported models (`causalshift_gpt`) load with transformers' Auto classes.
+`register_auto_classes()` registers them right away (not needed in normal use).
+"""
+
+from causalshift.hf_auto import install as _install
+from causalshift.hf_auto import register_auto_classes
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "register_auto_classes"]
 
-
-def register_auto_classes() -> None:
-    """Register exported models (`causalshift_gpt`) with transformers' Auto classes now.
-
-    Not needed in normal use: `import causalshift` already arranges it lazily (see
-    `causalshift.hf_auto`) without importing torch or transformers itself.
-    """
-    _hf_auto.register_auto_classes()
-
-
-_hf_auto.install()
+_install()

@@ -1,9 +1,8 @@
 """Register causalshift's model class with transformers' Auto classes, lazily.
 
-`import causalshift` must stay cheap (no torch, no transformers: they take 5-10 s to import
-on a small CPU machine), yet an exported non-baseline model must load with
-`AutoModelForCausalLM.from_pretrained(folder)` once `causalshift` has been imported, with no
-remote code. The design, in two stages:
+`import causalshift` must stay cheap (no torch, no transformers: they are slow to import),
+yet an exported non-baseline model must load with `AutoModelForCausalLM.from_pretrained(folder)`
+once `causalshift` has been imported, with no remote code. The design, in two stages:
 
 1. Config. `install()` (called by `import causalshift`) registers the model type
    `causalshift_gpt` with `AutoConfig` as soon as transformers' `configuration_auto` module is
@@ -13,12 +12,14 @@ remote code. The design, in two stages:
    which `configuration_auto` has imported by then, so the hook never imports a module
    that may be half-initialised.
 2. Model. Every `from_pretrained` / `from_config` of an Auto model class first builds a
-   config instance; `CausalShiftGPTConfig.__post_init__` then imports
-   `causalshift.evaluate.hf_model` and registers `CausalShiftGPTForCausalLM` with
-   `AutoModelForCausalLM` (once). This runs in user code, outside any import.
+   config instance; stage 1 left a hook with the config module (`hf_config.on_new_config`)
+   that then imports `causalshift.evaluate.hf_model` and registers
+   `CausalShiftGPTForCausalLM` with `AutoModelForCausalLM` (once). This runs in user code,
+   outside any import.
 
-`causalshift.register_auto_classes()` does both stages eagerly. Registration uses
-`exist_ok=True`, so every path is idempotent.
+`register_auto_classes()` (also `causalshift.register_auto_classes`) is the one registration
+function: it does both stages now, or only the first with `model=False`. This module owns the
+state (`_model_registered`); registration uses `exist_ok=True`, so every path is idempotent.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from types import ModuleType
 from typing import Any
 
 CONFIG_AUTO = "transformers.models.auto.configuration_auto"
+MODELING_UTILS = "transformers.modeling_utils"
+
+_model_registered = False
 
 
 def _is_loaded(name: str) -> bool:
@@ -41,21 +45,49 @@ def _is_loaded(name: str) -> bool:
     return module is not None and not getattr(spec, "_initializing", False)
 
 
-def register_config() -> None:
-    """Stage 1: AutoConfig knows `causalshift_gpt` (imports only transformers' config code)."""
-    try:
-        from causalshift.evaluate.hf_config import register_config as register
+def register_auto_classes(model: bool = True) -> None:
+    """Register `causalshift_gpt` with AutoConfig and, with `model`, AutoModelForCausalLM.
 
-        register()
-    except Exception as e:  # never break the user's transformers import
+    `model=False` imports only transformers' config code (safe inside transformers' own
+    import) and leaves the model class to the first config instance. Idempotent."""
+    global _model_registered
+    from transformers.models.auto.configuration_auto import AutoConfig
+
+    from causalshift.evaluate.hf_config import MODEL_TYPE, CausalShiftGPTConfig, on_new_config
+
+    AutoConfig.register(MODEL_TYPE, CausalShiftGPTConfig, exist_ok=True)
+    if _model_registered:
+        return
+    if not model:
+        on_new_config(_register_model_when_possible)
+        return
+    from transformers import AutoModelForCausalLM
+
+    from causalshift.evaluate.hf_model import CausalShiftGPTForCausalLM
+
+    AutoModelForCausalLM.register(CausalShiftGPTConfig, CausalShiftGPTForCausalLM, exist_ok=True)
+    _model_registered = True
+
+
+def _register_config() -> None:
+    """Stage 1, from the import hook: never break the user's transformers import."""
+    try:
+        register_auto_classes(model=False)
+    except Exception as e:
         warnings.warn(f"causalshift: could not register with AutoConfig: {e}", stacklevel=2)
 
 
-def register_auto_classes() -> None:
-    """Register `causalshift_gpt` with AutoConfig and AutoModelForCausalLM now (imports torch)."""
-    from causalshift.evaluate.hf_model import register_auto_classes as register
-
-    register()
+def _register_model_when_possible() -> bool:
+    """Stage 2, after a new config: True once the model class is registered."""
+    if not _is_loaded(MODELING_UTILS) and MODELING_UTILS in sys.modules:
+        return False  # inside transformers' own import: try again with the next config
+    try:
+        register_auto_classes()
+    except Exception as e:
+        warnings.warn(
+            f"causalshift: could not register with AutoModelForCausalLM: {e}", stacklevel=2
+        )
+    return _model_registered
 
 
 class _Loader(importlib.abc.Loader):
@@ -117,4 +149,4 @@ def when_imported(name: str, callback: Callable[[], None]) -> None:
 
 def install() -> None:
     """Called by `import causalshift`: cheap (stdlib only)."""
-    when_imported(CONFIG_AUTO, register_config)
+    when_imported(CONFIG_AUTO, _register_config)

@@ -210,7 +210,7 @@ def test_flatten_results_labels_every_number() -> None:
         "n-samples": {"arc_easy": {"original": 10, "effective": 10}},
     }
     rows = flatten_results(raw)
-    assert [(r["task"], r["metric"], r["filter"], r["value"], r["stderr"]) for r in rows] == [
+    assert [(r.task, r.metric, r.filter, r.value, r.stderr) for r in rows] == [
         ("arc_easy", "acc", "none", 0.5, 0.05),
         ("arc_easy", "acc_norm", "none", 0.6, None),
     ]

@@ -96,7 +96,7 @@ def test_other_modes_round_trip_through_auto_classes(tmp_path, mode, res):
 
 
 def test_hf_class_conventions(tmp_path):
-    from causalshift.evaluate.hf_model import register_auto_classes
+    from causalshift import register_auto_classes
 
     register_auto_classes()
     register_auto_classes()  # idempotent
@@ -123,6 +123,16 @@ def test_hf_class_conventions(tmp_path):
     assert torch.equal(gen, seq)
 
 
+def test_hf_config_mirrors_gpt_config():
+    """The HF config declares every GPTConfig field with the same default."""
+    from causalshift.evaluate.hf_config import CausalShiftGPTConfig
+
+    hf = CausalShiftGPTConfig()
+    assert hf.to_gpt_config() == GPTConfig()
+    for name, value in GPTConfig().to_dict().items():
+        assert getattr(hf, name) == value, name
+
+
 def test_fresh_process_loads_after_import_causalshift(tmp_path):
     """The real contract: a new interpreter, `import causalshift`, then the Auto class."""
     m = make_model("fixed", cut_layer=3)
@@ -141,6 +151,22 @@ def test_fresh_process_loads_after_import_causalshift(tmp_path):
         with torch.no_grad():
             got = hf(want["idx"]).logits
         assert torch.equal(got, want["logits"]), (got - want["logits"]).abs().max()
+        print("OK", type(hf).__name__)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "OK CausalShiftGPTForCausalLM" in r.stdout
+
+
+def test_fresh_process_loads_when_transformers_came_first(tmp_path):
+    """transformers imported before causalshift: the hook registers at once, the model later."""
+    out = export_model(make_model("gate"), tmp_path / "hf", tokenizer=False)
+    code = textwrap.dedent(
+        f"""
+        from transformers import AutoModelForCausalLM
+        import causalshift
+        hf = AutoModelForCausalLM.from_pretrained({str(out)!r})
         print("OK", type(hf).__name__)
         """
     )

@@ -186,3 +186,27 @@ def test_load_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model": other.to_dict()}))
     with pytest.raises(UserError, match="does not match"):
         load_model(tmp_path)
+
+
+def test_package_names_load_lazily():
+    """`causalshift.gpt` lists each name once and loads it on first use."""
+    import causalshift.gpt as gpt
+
+    assert sorted(gpt.__all__) == sorted(gpt._HOME)
+    assert all(getattr(gpt, name) is not None for name in gpt.__all__)
+    assert gpt.model.GPT is GPT
+    with pytest.raises(AttributeError):
+        gpt.nothing  # noqa: B018
+
+
+def test_gpt_config_and_residual_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, causalshift.gpt.config, causalshift.gpt.residual; "
+        "print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False"]

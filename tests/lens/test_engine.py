@@ -119,3 +119,30 @@ def test_decode_ranks_resolves_near_ties_below_bf16_resolution(with_bias, dtype)
     assert bool((expected >= 3).all())  # the near ties above really are above in float32
     (got,) = decode_ranks(h, weights, (target,), max_rank=10)
     assert torch.equal(got, expected.clamp(max=10))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "causalshift_gpt"])
+def test_a_type_error_inside_the_forward_propagates(kind):
+    """The call signature is decided once (LensModel.takes_input_ids), so a real TypeError
+    raised inside a block is not mistaken for the wrong signature and retried."""
+    from causalshift.testing import tiny_gpt
+
+    model = tiny_model("gpt2") if kind == "gpt2" else tiny_gpt()
+    lm = lens_model(model, tokenizer=None, name=kind, source="config")
+    assert lm.takes_input_ids == (kind == "gpt2")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert len(engine.residual_stream(lm, ids)) == lm.num_layers + 1
+
+    block, calls = lm.blocks[1], []
+    original = block.forward
+
+    def flaky(*args, **kwargs):  # fails once: a retry with other arguments would hide it
+        calls.append(1)
+        if len(calls) == 1:
+            raise TypeError("a bug inside the block")
+        return original(*args, **kwargs)
+
+    block.forward = flaky
+    with pytest.raises(TypeError, match="a bug inside the block"):
+        engine.residual_stream(lm, ids)
+    assert len(calls) == 1

@@ -12,7 +12,8 @@ import pytest
 from causalshift.cli import main
 from causalshift.errors import UserError
 from causalshift.report.build import mean_ci
-from causalshift.report.sources import find_sources, mode_label, run_info
+from causalshift.report.sources import find_sources
+from causalshift.results import mode_label, run_info
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

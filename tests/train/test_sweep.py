@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from causalshift.cli import main
-from causalshift.train.figures import plot_sweep, sweep_summary
+from causalshift.figures import SweepSeries, plot_sweep
+from causalshift.results import SweepResult, SweepRunRecord, sweep_stats
 from causalshift.train.prepare import write_token_dir
 
 TRAIN_ARGS = (
@@ -61,9 +62,33 @@ def test_sweep_figure_statistics(tmp_path: Path) -> None:
         {"mode": "fixed", "cut_layer": 2, "final_val_loss": 3.9},
         {"mode": "fixed", "cut_layer": 1, "final_val_loss": None},  # failed run: left out
     ]
-    s = sweep_summary(runs)
-    assert s["baseline"]["mean"] == pytest.approx(3.1) and s["baseline"]["n"] == 2
-    (layer2,) = s["by_layer"]
-    assert (layer2["cut_layer"], layer2["min"], layer2["max"]) == (2, 3.5, 3.9)
-    assert layer2["mean"] == pytest.approx(3.7) and layer2["std"] == pytest.approx(0.2828, 1e-3)
-    assert plot_sweep({"preset": "tiny", "alpha": 0.0, **s}, tmp_path / "f.png").is_file()
+    baseline, by_layer = sweep_stats([SweepRunRecord.from_dict(r) for r in runs])
+    assert baseline.mean == pytest.approx(3.1) and baseline.n == 2
+    (layer2,) = by_layer
+    assert (layer2.cut_layer, layer2.min, layer2.max) == (2, 3.5, 3.9)
+    assert layer2.mean == pytest.approx(3.7) and layer2.std == pytest.approx(0.2828, 1e-3)
+    sweep = SweepResult(preset="tiny", alpha=0.0, baseline=baseline, by_layer=by_layer)
+    assert plot_sweep([SweepSeries(sweep)], tmp_path / "f.png").is_file()
+
+
+def test_each_run_gets_its_config_as_data(tmp_path: Path) -> None:
+    from causalshift.cli import build_parser
+    from causalshift.train.config import TrainConfig, load_config_file, preset
+    from causalshift.train.sweep import _command, plan
+
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"lr": 0.01, "tau": 2.0}))
+    argv = ["sweep", "--preset", "tiny", "--layers", "2", "--out", str(tmp_path / "s"),
+            "--alpha", "0.25", "--max-steps", "3", "--config", str(base),
+            "--train-args", "--no-progress --lr 0.02"]  # fmt: skip
+    args = build_parser("sweep").parse_args(argv)
+    args.data_dir = str(tmp_path / "data")
+    baseline, fixed = plan(args)
+    assert (baseline.name, fixed.name) == ("none-s1", "fixed-L2-a0.25-s1")
+    file = tmp_path / "run.json"
+    cmd = _command(args, fixed, tmp_path / "s" / fixed.name, "cpu", file)
+    assert cmd[-5:] == ["--config", str(file), "--no-progress", "--lr", "0.02"]  # theirs last
+    cfg = TrainConfig.from_dict(load_config_file(file))
+    run = {"residual": "fixed", "cut_layer": 2, "alpha": 0.25, "seed": 1}
+    where = {"data": args.data_dir, "device": "cpu", "max_steps": 3}
+    assert cfg == preset("tiny").replace(lr=0.01, tau=2.0, **run, **where)

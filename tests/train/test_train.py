@@ -155,7 +155,8 @@ def test_missing_data_and_resume_errors(
 
 def test_presets_and_batch_geometry() -> None:
     big = preset("gpt2-124m")
-    assert (big.n_layer, big.n_embd, big.n_head, big.block_size) == (12, 768, 12, 1024)
+    m = big.model
+    assert (m.n_layer, m.n_embd, m.n_head, m.block_size) == (12, 768, 12, 1024)
     assert (big.lr, big.warmup_steps, big.beta2, big.weight_decay) == (6e-4, 715, 0.95, 0.1)
     assert big.batch_tokens == 524_288
     assert big.grad_accum_for(8) == 4 and big.grad_accum_for(1) == 32
@@ -163,7 +164,7 @@ def test_presets_and_batch_geometry() -> None:
     with pytest.raises(UserError, match="not divisible"):
         big.grad_accum_for(3)
     small = preset("cpu-small")
-    assert small.data == "books" and small.residual == "none"
+    assert small.data == "books" and small.model.residual.mode == "none"
     assert TrainConfig().peak_gate_lr == pytest.approx(10 * TrainConfig().lr)
     with pytest.raises(UserError):
         preset("huge")
@@ -192,7 +193,8 @@ def test_resolve_config_precedence(tmp_path: Path) -> None:
     )
     cfg = resolve_config(args)
     assert (cfg.preset, cfg.lr, cfg.max_steps) == ("tiny", 0.01, 9)
-    assert (cfg.residual, cfg.cut_layer, cfg.grad_accum, cfg.batch_tokens) == ("fixed", 2, 3, None)
+    r = cfg.model.residual
+    assert (r.mode, r.cut_layer, cfg.grad_accum, cfg.batch_tokens) == ("fixed", 2, 3, None)
     default = resolve_config(build_parser("train").parse_args(["train"]))
     assert default == preset("cpu-small")
     bad = tmp_path / "bad.json"

@@ -12,17 +12,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from causalshift import __version__
 from causalshift.config import add_config_arguments, config_overrides, option, str_list
 from causalshift.errors import UserError
-from causalshift.io import write_json
+from causalshift.results import RUN_CONFIG_NAME, EvalResult, EvalRow, run_info
+from causalshift.runtime import environment
 
 PAPER_TASKS = (
     "hellaswag",
@@ -36,6 +35,10 @@ PAPER_TASKS = (
 )
 TEMPLATE_SUFFIX = ".yaml.in"
 TEMPLATE_DIR_TOKEN = "@TASKS_DIR@"
+# eval.json's "environment" keys, in their order
+ENVIRONMENT_FIELDS = tuple(
+    "causalshift python platform device torch transformers lm_eval datasets".split()
+)
 
 
 def _limit(text: str) -> float:
@@ -155,10 +158,8 @@ def task_manager(tasks: tuple[str, ...], include_path: str | None):
 
 def model_info(path: Path) -> dict[str, Any]:
     """What the model folder says about itself (pure JSON reads, no weights)."""
-    from causalshift.report.sources import run_info
-
     info: dict[str, Any] = {"path": str(path.resolve()), "name": path.resolve().name}
-    cfg_path = path / "config.json"
+    cfg_path = path / RUN_CONFIG_NAME
     if cfg_path.is_file():
         try:
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -168,7 +169,7 @@ def model_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def flatten_results(raw: dict[str, Any]) -> list[dict[str, Any]]:
+def flatten_results(raw: dict[str, Any]) -> list[EvalRow]:
     """lm-eval's {"results": {task: {"acc,none": v, "acc_stderr,none": se}}} -> labelled rows."""
     rows = []
     groups = set(raw.get("groups", {}))
@@ -183,36 +184,19 @@ def flatten_results(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 continue
             stderr = metrics.get(f"{metric}_stderr,{filt}")
             rows.append(
-                {
-                    "task": task,
-                    "metric": metric,
-                    "filter": filt,
-                    "value": float(value),
-                    "stderr": float(stderr) if isinstance(stderr, (int, float)) else None,
-                    "higher_is_better": hib.get(metric),
-                    "num_samples": n.get("effective"),
-                    "is_group": task in groups,
-                    "alias": metrics.get("alias", task),
-                }
+                EvalRow(
+                    task=task,
+                    metric=metric,
+                    filter=filt,
+                    value=float(value),
+                    stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+                    higher_is_better=hib.get(metric),
+                    num_samples=n.get("effective"),
+                    is_group=task in groups,
+                    alias=metrics.get("alias", task),
+                )
             )
     return rows
-
-
-def environment(device: str) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    env: dict[str, Any] = {
-        "causalshift": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-    }
-    for pkg in ("torch", "transformers", "lm_eval", "datasets"):
-        try:
-            env[pkg] = version(pkg)
-        except PackageNotFoundError:
-            env[pkg] = None
-    return env
 
 
 def run(args: argparse.Namespace) -> int:
@@ -264,27 +248,26 @@ def _evaluate(cfg: EvalConfig, path: Path, out: Path, include_path: str | None) 
     seconds = time.perf_counter() - start
     if raw is None:  # not rank 0
         return 0
-    result = {
-        "schema_version": 1,
-        "model": {**model_info(path), "backend": lm.backend_name, "max_length": lm.max_length},
-        "results": flatten_results(raw),
-        "config": {
+    result = EvalResult(
+        model={**model_info(path), "backend": lm.backend_name, "max_length": lm.max_length},
+        results=flatten_results(raw),
+        config={
             **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"},
             "tasks": list(cfg.tasks),
             "world_size": lm.world_size,
             "task_versions": raw.get("versions", {}),
             "n_shot": raw.get("n-shot", {}),
         },
-        "environment": environment(str(lm.device)),
-        "seconds": round(seconds, 3),
-    }
-    target = write_json(out / "eval.json", result)
-    _print_table(result["results"])
+        environment=environment(ENVIRONMENT_FIELDS, device=str(lm.device)),
+        seconds=round(seconds, 3),
+    )
+    target = result.write(out)
+    _print_table(result.results)
     print(f"wrote {target}")
     return 0
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
+def _print_table(rows: list[EvalRow]) -> None:
     for r in rows:
-        se = f" ± {r['stderr']:.4f}" if r["stderr"] is not None else ""
-        print(f"{r['task']:<20} {r['metric']:<16} {r['filter']:<8} {r['value']:.4f}{se}")
+        se = f" ± {r.stderr:.4f}" if r.stderr is not None else ""
+        print(f"{r.task:<20} {r.metric:<16} {r.filter:<8} {r.value:.4f}{se}")

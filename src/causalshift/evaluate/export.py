@@ -75,7 +75,8 @@ def to_hf(model: GPT):
         hf = GPT2LMHeadModel(hf_cfg)
         state = state_to_hf_gpt2(model.state_dict())
     else:
-        from causalshift.evaluate.hf_model import CausalShiftGPTConfig, CausalShiftGPTForCausalLM
+        from causalshift.evaluate.hf_config import CausalShiftGPTConfig
+        from causalshift.evaluate.hf_model import CausalShiftGPTForCausalLM
 
         hf = CausalShiftGPTForCausalLM(CausalShiftGPTConfig.from_gpt_config(cfg))
         state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}

@@ -2,22 +2,38 @@
 
 Kept apart from `hf_model.py` on purpose: it imports only `transformers.configuration_utils`
 (no modeling code), so the post-import hook of `causalshift.hf_auto` can register it with
-AutoConfig while transformers itself is still importing. See `causalshift.hf_auto`.
+AutoConfig while transformers itself is still importing. It imports nothing of causalshift's
+HF side: `causalshift.hf_auto` registers the model class through `on_new_config` (stage 2 of
+its design), so this module never reaches the model code.
 """
 
 from __future__ import annotations
 
-import sys
-import warnings
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from transformers.configuration_utils import PreTrainedConfig
 
 MODEL_TYPE = "causalshift_gpt"
 
+# Run after each new config until one returns True (see `on_new_config`).
+_new_config_hooks: list[Callable[[], bool]] = []
+
+
+def on_new_config(hook: Callable[[], bool]) -> None:
+    """Call `hook()` after every new config instance until it returns True (then drop it)."""
+    if hook not in _new_config_hooks:
+        _new_config_hooks.append(hook)
+
+
+def _run_new_config_hooks() -> None:
+    _new_config_hooks[:] = [hook for hook in _new_config_hooks if not hook()]
+
 
 class CausalShiftGPTConfig(PreTrainedConfig):
-    """Fields mirror `causalshift.gpt.GPTConfig`; `residual` is its dict form."""
+    """Fields mirror `causalshift.gpt.GPTConfig` (names and defaults; a test checks it);
+    `residual` is its dict form."""
 
     model_type = MODEL_TYPE
     attribute_map = {
@@ -43,56 +59,24 @@ class CausalShiftGPTConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         if self.residual is None:
-            self.residual = {"mode": "none", "cut_layer": None, "alpha": 0.0, "tau": 1.0}
+            from causalshift.gpt.config import ResidualConfig
+
+            self.residual = dataclasses.asdict(ResidualConfig())
         super().__post_init__(**kwargs)
-        _register_model_class()
+        _run_new_config_hooks()
 
     def to_gpt_config(self):  # -> causalshift.gpt.GPTConfig (torch-free import)
         from causalshift.gpt.config import GPTConfig
 
-        return GPTConfig.from_dict(
-            {
-                "n_layer": self.n_layer,
-                "n_head": self.n_head,
-                "n_embd": self.n_embd,
-                "block_size": self.block_size,
-                "vocab_size": self.vocab_size,
-                "dropout": float(self.dropout),
-                "bias": bool(self.bias),
-                "residual": dict(self.residual),
-            }
-        )
+        fields = {}
+        for f in dataclasses.fields(GPTConfig):
+            value = getattr(self, f.name)
+            if isinstance(f.default, (bool, float)):  # JSON may hold 0 for 0.0
+                value = type(f.default)(value)
+            fields[f.name] = dict(value) if f.name == "residual" else value
+        return GPTConfig.from_dict(fields)
 
     @classmethod
     def from_gpt_config(cls, cfg: Any, **kwargs: Any) -> CausalShiftGPTConfig:
         d = cfg.to_dict()
         return cls(**d, **kwargs)
-
-
-def register_config() -> None:
-    """AutoConfig.register("causalshift_gpt", CausalShiftGPTConfig); idempotent."""
-    from transformers.models.auto.configuration_auto import AutoConfig
-
-    AutoConfig.register(MODEL_TYPE, CausalShiftGPTConfig, exist_ok=True)
-
-
-_model_registered = False
-
-
-def _register_model_class() -> None:
-    """Stage 2 of `causalshift.hf_auto`: a config instance exists, so a model may follow."""
-    global _model_registered
-    if _model_registered:
-        return
-    utils = sys.modules.get("transformers.modeling_utils")
-    if utils is not None and getattr(utils.__spec__, "_initializing", False):
-        return  # inside transformers' own import: try again with the next config
-    try:
-        from causalshift.evaluate.hf_model import register_auto_classes
-
-        register_auto_classes()
-        _model_registered = True
-    except Exception as e:
-        warnings.warn(
-            f"causalshift: could not register with AutoModelForCausalLM: {e}", stacklevel=2
-        )

@@ -22,12 +22,10 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from causalshift.evaluate import hf_config
-from causalshift.evaluate.hf_config import MODEL_TYPE, CausalShiftGPTConfig
-from causalshift.gpt.model import GPT, MLP, CausalSelfAttention, LayerNorm
-from causalshift.gpt.residual import Constant, Gate, Scalar
+from causalshift.evaluate.hf_config import CausalShiftGPTConfig
+from causalshift.gpt.model import GPT, MLP, CausalSelfAttention, LayerNorm, Residual
 
-__all__ = ["CausalShiftGPTConfig", "CausalShiftGPTForCausalLM", "register_auto_classes"]
+__all__ = ["CausalShiftGPTConfig", "CausalShiftGPTForCausalLM"]
 
 
 class CausalShiftGPTForCausalLM(PreTrainedModel, GenerationMixin):
@@ -61,12 +59,8 @@ class CausalShiftGPTForCausalLM(PreTrainedModel, GenerationMixin):
             init.ones_(module.weight)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, Constant):
-            init.copy_(module.coef, module.default_coefficients())
-        elif isinstance(module, Gate):
-            init.zeros_(module.theta)
-        elif isinstance(module, Scalar):
-            init.ones_(module.alpha)
+        elif isinstance(module, Residual):
+            module.reset_parameters(init)  # the mode's initial values
         if isinstance(module, (CausalSelfAttention, MLP)):
             std = 0.02 / math.sqrt(2 * self.gpt_config.n_layer)
             init.normal_(module.c_proj.weight, mean=0.0, std=std)
@@ -139,12 +133,3 @@ def _check_mask(attention_mask: Tensor | None) -> None:
         raise ValueError(
             "CausalShiftGPTForCausalLM supports right padding only (padding_side='right')"
         )
-
-
-def register_auto_classes() -> None:
-    """Register `causalshift_gpt` with AutoConfig and AutoModelForCausalLM (idempotent)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    AutoConfig.register(MODEL_TYPE, CausalShiftGPTConfig, exist_ok=True)
-    AutoModelForCausalLM.register(CausalShiftGPTConfig, CausalShiftGPTForCausalLM, exist_ok=True)
-    hf_config._model_registered = True

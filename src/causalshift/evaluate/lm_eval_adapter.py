@@ -20,7 +20,6 @@ its one-token prefix (EOT for the first). Data parallel under `torchrun` or
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,6 +33,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from causalshift import runtime
 from causalshift.errors import UserError
 
 DEFAULT_BATCH_SIZE = 16
@@ -96,34 +96,36 @@ def load_eval_model(path: str, backend: str = "auto") -> tuple[torch.nn.Module, 
         raise UserError(f"cannot load {path} as a causal LM: {e}") from e
 
 
-def _dist_setup(device: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device) from torchrun / accelerate-launch env vars (gloo on CPU).
+def _dist_setup(device: str | None) -> runtime.DistInfo:
+    """This process's rank, world size and device (`runtime.setup`: torchrun / accelerate
+    launch env vars, NCCL on CUDA, gloo on CPU).
 
     Like lm-eval's `hf` model: a CUDA device without CUDA falls back to the CPU with a
     warning (lm-eval's CLI defaults to cuda:0), and under N processes each rank takes
     cuda:LOCAL_RANK whatever index was asked for.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device in (None, "", "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    name = device or "auto"
+    if name.startswith("cuda") and not torch.cuda.is_available():
         warnings.warn(
             f"device {device} requested but CUDA is not available: using the CPU", stacklevel=2
         )
-        dev = torch.device("cpu")
-    if dev.type == "cuda" and (dev.index is None or world > 1):
-        dev = torch.device("cuda", local_rank if world > 1 else 0)
-    if world <= 1:
-        return 0, 1, dev
-    import torch.distributed as dist
+        name = "cpu"
+    return runtime.setup(name)
 
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dev
+
+def parse_batch_size(value: int | str | None) -> int:
+    """lm-eval's batch_size: a positive integer, or auto / auto:N (lm-eval's search for the
+    largest batch that fits, which this adapter does not do: DEFAULT_BATCH_SIZE)."""
+    text = "" if value is None else str(value).strip()
+    if text in ("", "auto") or text.startswith("auto:"):
+        return DEFAULT_BATCH_SIZE
+    try:
+        size = int(text)
+    except ValueError:
+        raise UserError(f"batch_size must be an integer, auto or auto:N, got {value!r}") from None
+    if size < 1:
+        raise UserError(f"batch_size must be >= 1, got {value}")
+    return size
 
 
 @register_model("causalshift")
@@ -131,7 +133,7 @@ class CausalShiftLM(TemplateLM):
     """Our GPT (or a local HF causal LM folder) for lm-evaluation-harness.
 
     model_args: path (run dir or HF folder, required), device (auto|cpu|cuda|cuda:N),
-    dtype (float32|bfloat16: bf16 autocast), batch_size (int or "auto" = 16),
+    dtype (float32|bfloat16: bf16 autocast), batch_size (int, or "auto" / "auto:N" = 16),
     max_length (default: the model's context window), backend (auto|gpt|hf),
     max_gen_toks (generate_until, default 256), add_bos_token (default False).
     """
@@ -157,7 +159,8 @@ class CausalShiftLM(TemplateLM):
         if dtype not in ("float32", "bfloat16", "bf16", "auto"):
             raise UserError(f"dtype must be float32 or bfloat16, got {dtype!r}")
         self.path = str(path)
-        self._rank, self._world_size, self._device = _dist_setup(device)
+        info = _dist_setup(device)
+        self._rank, self._world_size, self._device = info.rank, info.world_size, info.device
         model, self.backend_name = load_eval_model(self.path, backend)
         self.model = model.to(self._device).eval()
         self.tokenizer = _load_tokenizer(Path(self.path))
@@ -165,10 +168,7 @@ class CausalShiftLM(TemplateLM):
         if dtype == "auto" and self._device.type == "cuda" and torch.cuda.is_bf16_supported():
             self.autocast_dtype = torch.bfloat16
         self.dtype_name = "bfloat16" if self.autocast_dtype else "float32"
-        bs = batch_size if batch_size not in (None, "auto", "") else DEFAULT_BATCH_SIZE
-        self.batch_size = int(str(bs).split(":")[0]) if str(bs) != "auto" else DEFAULT_BATCH_SIZE
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = parse_batch_size(batch_size)
         context = _context_length(self.model)
         self._max_length = int(max_length or context or 1024)
         self.max_gen_toks = int(max_gen_toks)
@@ -328,14 +328,9 @@ class CausalShiftLM(TemplateLM):
     def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
         if self.world_size == 1:
             return [obj]
-        import torch.distributed as dist
-
-        parts: list[Any] = [None] * self.world_size
-        dist.all_gather_object(parts, obj)
+        parts = runtime.gather_objects(obj)
         return parts if self.rank == dst else None
 
     def barrier(self) -> None:
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+            runtime.barrier()

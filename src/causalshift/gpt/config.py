@@ -1,7 +1,8 @@
 """Model configs: the GPT-2 shape and the residual mode, plus named presets.
 
 `GPTConfig.to_dict()` is what a run directory stores under the top-level "model" key of
-`config.json`; `GPTConfig.from_dict` reads it back.
+`config.json`; `GPTConfig.from_dict` reads it back. Torch-free: the modes come from the
+registry in `causalshift.gpt.residual`, which validates each mode's own fields.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from typing import Any
 
 from causalshift.config import option
 from causalshift.errors import UserError
-
-RESIDUAL_MODES = ("none", "fixed", "gate", "gate-hard", "scalar")
+from causalshift.gpt.residual import get_mode, mode_choices
 
 
 @dataclass(frozen=True)
 class ResidualConfig:
     """How block l scales its residual input: x_next = alpha_l * x + F_l(x)."""
 
-    mode: str = option("none", f"Residual mode: {' | '.join(RESIDUAL_MODES)}.")
+    mode: str = option("none", f"Residual mode: {mode_choices()}.")
     cut_layer: int | None = option(None, "1-based block whose residual is cut (mode fixed).")
     alpha: float = option(
         0.0, "A: residual coefficient at the cut (fixed), or floor of the gate: 1 - p_l (1 - A)."
@@ -28,19 +28,12 @@ class ResidualConfig:
     tau: float = option(1.0, "Gate softmax temperature: p = softmax(theta / tau).")
 
     def __post_init__(self) -> None:
-        if self.mode not in RESIDUAL_MODES:
-            raise UserError(
-                f"unknown residual mode {self.mode!r}; choose one of {', '.join(RESIDUAL_MODES)}"
-            )
+        mode = get_mode(self.mode)
         if not isinstance(self.alpha, (int, float)) or not self.alpha >= 0:
             raise UserError(f"alpha must be >= 0, got {self.alpha}")
         if not isinstance(self.tau, (int, float)) or not self.tau > 0:
             raise UserError(f"tau must be > 0, got {self.tau}")
-        if self.mode == "fixed" and self.cut_layer is None:
-            raise UserError("residual mode 'fixed' needs a cut layer (--cut-layer K)")
-        if self.cut_layer is not None and self.mode != "fixed":
-            # Harmless but surely a mistake on the command line: say so.
-            raise UserError(f"--cut-layer applies to residual mode 'fixed', not {self.mode!r}")
+        mode.validate(self)
 
 
 @dataclass(frozen=True)
@@ -87,12 +80,6 @@ class GPTConfig:
         _check_keys(ResidualConfig, res, "residual config")
         _check_keys(cls, d, "model config")
         return cls(**d, residual=ResidualConfig(**res))
-
-    def replace(self, **changes: Any) -> GPTConfig:
-        """A copy with fields changed (a `residual=` dict or ResidualConfig is accepted)."""
-        if isinstance(changes.get("residual"), dict):
-            changes["residual"] = ResidualConfig(**changes["residual"])
-        return dataclasses.replace(self, **changes)
 
 
 def _check_keys(cls: type, d: dict[str, Any], what: str) -> None:

@@ -9,6 +9,7 @@ fresh initialisation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -130,11 +131,11 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
     """GPTConfig from an HF config.json dict (model_type gpt2 or causalshift_gpt)."""
     kind = hf.get("model_type")
     if kind == "causalshift_gpt":  # causalshift.evaluate.hf_config.CausalShiftGPTConfig
-        names = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout", "bias")
-        missing = [k for k in (*names, "residual") if k not in hf]
+        names = [f.name for f in dataclasses.fields(GPTConfig)]  # the residual dict included
+        missing = [k for k in names if k not in hf]
         if missing:
             raise UserError(f"causalshift_gpt config lacks {', '.join(missing)}")
-        return GPTConfig.from_dict({**{k: hf[k] for k in names}, "residual": hf["residual"]})
+        return GPTConfig.from_dict({k: hf[k] for k in names})
     if kind == "gpt2":
         act = hf.get("activation_function", "gelu_new")
         eps = hf.get("layer_norm_epsilon", 1e-5)

@@ -9,20 +9,22 @@ Pre-LN block l (1-based) with residual coefficient alpha_l:
     a      = alpha_l * x + Attn(LN1(x))
     x_next = a + MLP(LN2(a))             # = alpha_l * x + F_l(x)
 
-The residual strategy (gpt/residual.py) yields all L coefficients; the blocks just use them.
+The residual mode (gpt/residual.py) yields all L coefficients through the `Residual` module
+below; the blocks just use them.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from causalshift.gpt.config import GPTConfig
-from causalshift.gpt.residual import build_residual
+from causalshift.gpt.config import GPTConfig, ResidualConfig
+from causalshift.gpt.residual import ResidualMode, get_mode
 
 LN_EPS = 1e-5  # GPT-2's layer_norm_epsilon
 
@@ -37,6 +39,63 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LN_EPS)
+
+
+class Residual(nn.Module):
+    """The (L,) residual coefficients: holds a mode's tensors, the mode does the arithmetic.
+
+    The tensors the mode declares become attributes of the same names (`theta`, `alpha`:
+    parameters; `coef`, `noise`: non-persistent buffers), so a GPT names them `residual.*`.
+    """
+
+    def __init__(self, mode: ResidualMode) -> None:
+        super().__init__()
+        self.mode = mode
+        self.n_layer = mode.n_layer
+        for name, value in mode.initial_parameters().items():
+            self.register_parameter(name, nn.Parameter(value))
+        for name, value in mode.initial_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+
+    def coefficients(self) -> Tensor:
+        """(L,) alpha used by the forward pass (may depend on `self.training`)."""
+        return self.mode.coefficients(self)
+
+    def expected_coefficients(self) -> Tensor:
+        """(L,) alpha at evaluation time."""
+        return self.mode.expected_coefficients(self)
+
+    def gate_p(self) -> Tensor | None:
+        """(L,) the gate distribution p over layers, or None for modes without a gate."""
+        return self.mode.gate_p(self)
+
+    def begin_step(self, step: int, seed: int = 0) -> None:
+        """Called once per optimizer step by the trainer; only stochastic modes use it."""
+        self.mode.begin_step(self, step, seed)
+
+    def forward(self) -> Tensor:
+        return self.coefficients()
+
+    @torch.no_grad()
+    def reset_parameters(self, init: Any = None) -> None:
+        """Set the mode's tensors to their initial values again.
+
+        `init`: a module with `copy_(tensor, value)`, e.g. `transformers.initialization`,
+        whose copy skips tensors loaded from a checkpoint; default: a plain copy."""
+        values = {**self.mode.initial_parameters(), **self.mode.initial_buffers()}
+        for name, value in values.items():
+            tensor = getattr(self, name)
+            if tensor.shape != value.shape:  # a buffer the mode resized (gate-hard's noise)
+                self.register_buffer(name, value.to(tensor.device), persistent=False)
+            elif init is not None:
+                init.copy_(tensor, value)
+            else:
+                tensor.copy_(value)
+
+
+def build_residual(cfg: ResidualConfig, n_layer: int) -> Residual:
+    """The residual module of mode `cfg.mode` in a model with `n_layer` blocks."""
+    return Residual(get_mode(cfg.mode)(cfg, n_layer))
 
 
 class CausalSelfAttention(nn.Module):
@@ -135,7 +194,7 @@ class GPT(nn.Module):
         """Logits (B, T, V) for every position; mean cross-entropy (ignore_index -1) or None.
 
         Training passes return_logits=False: a compiled graph that does not have to hand the
-        (B, T, V) logits back runs ~9% faster here (bench.train.logits_output_cost).
+        (B, T, V) logits back runs faster (bench.train.logits_output_cost measures it).
         """
         x = self.embed(idx)  # (B, T, C)
         alphas = self.residual.coefficients()  # (L,)
@@ -177,7 +236,7 @@ class GPT(nn.Module):
         self, weight_decay: float, lr: float, gate_lr: float
     ) -> list[dict[str, object]]:
         """AdamW groups "decay" (2-D weights), "no_decay" (biases, LayerNorms) and "residual"
-        (gate/scalar parameters: no decay, own lr). Empty groups are left out. Each group
+        (the residual mode's parameters: no decay, own lr). Empty groups are left out. Each group
         carries its `name` and `base_lr` so a schedule can set lr = base_lr * factor."""
         decay, no_decay, residual = [], [], []
         for name, p in self.named_parameters():  # tied lm_head.weight appears once, as wte

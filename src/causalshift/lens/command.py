@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from causalshift import runtime
 from causalshift.config import add_config_arguments, config_overrides, int_list, option
 from causalshift.errors import UserError
-from causalshift.io import write_json, write_text
+from causalshift.results import AnalyzeData, AnalyzeResult, LayerRow, ModelResult, ShiftLayers
 
+if TYPE_CHECKING:
+    import torch
+
+    from causalshift.lens.engine import LensRun
+    from causalshift.lens.models import LensModel
+
+DEFAULT_MODEL = "gemma-3-270m"
 CPU_DEFAULT_SEQS = 32
 GPU_DEFAULT_SEQS = 1000  # the paper's setup
+# The fields of results.json's "environment", in order.
+ENVIRONMENT_FIELDS = ("causalshift", "torch", "transformers", "python", "device")
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class AnalyzeConfig:
     """Options of `causalshift analyze`."""
 
     model: tuple[str, ...] = option(
-        ("gemma-3-270m",),
+        (DEFAULT_MODEL,),
         "Model SPEC, repeatable: an embedded name (gemma-3-270m, smollm2-135m), a hub id or "
         "local HF folder, a .gguf file, or a causalshift run directory / export.",
         action="append",
@@ -88,15 +95,10 @@ class AnalyzeConfig:
 
     def resolved(self) -> AnalyzeConfig:
         """Fill the hardware-dependent defaults (device, num_seqs, batch_size, vocab_chunk,
-        out)."""
-        import torch
-
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda was given but no CUDA GPU is available")
-        gpu = device.startswith("cuda")
+        out); `auto` becomes cuda or cpu, an unusable device a UserError."""
+        kind = runtime.resolve_device(self.device).type
+        device = kind if self.device == "auto" else self.device
+        gpu = kind == "cuda"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return dataclasses.replace(
             self,
@@ -125,126 +127,107 @@ def run(args: argparse.Namespace) -> int:
 
 def analyze(cfg: AnalyzeConfig) -> Path | None:
     """Run the lens for every model of `cfg`; write results on rank 0 and return the folder."""
-    import torch
-
-    from causalshift.corpus import token_sequences
-    from causalshift.lens import distributed as dist
-    from causalshift.lens.engine import run_lens
-    from causalshift.lens.metrics import shift_layers
-    from causalshift.lens.models import load, parse_dtype
-
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    weight_dtype, lens_dtype = parse_dtype(cfg.dtype, cfg.device)
-    rank, world = dist.init()
-    device = dist.local_device(cfg.device)
-    results_models = []
-    for spec in cfg.model:
-        lm = load(spec, dtype=weight_dtype, device=device, device_map=cfg.device_map)
-        if lm.max_positions and cfg.seq_len > lm.max_positions:
-            raise UserError(
-                f"--seq-len {cfg.seq_len} exceeds {lm.name}'s context of {lm.max_positions} tokens"
-            )
-        tokens = token_sequences(lm.tokenizer, cfg.data, cfg.num_seqs, cfg.seq_len, name=lm.name)
-        run_ = run_lens(
-            lm,
-            tokens,
-            topk=cfg.topk,
-            batch_size=cfg.batch_size,
-            compute_dtype=lens_dtype,
-            vocab_chunk=cfg.vocab_chunk,
-            seed=cfg.seed,
-            progress=rank == 0,
-            seq_indices=torch.arange(rank, cfg.num_seqs, world),
+    weight_dtype, lens_dtype = runtime.lens_dtypes(cfg.dtype, cfg.device)
+    info = runtime.setup(cfg.device)
+    try:
+        models = [analyze_model(cfg, spec, info, weight_dtype, lens_dtype) for spec in cfg.model]
+        if not info.is_main:
+            return None
+        result = AnalyzeResult(
+            data=AnalyzeData(spec=cfg.data, num_sequences=cfg.num_seqs, seq_len=cfg.seq_len),
+            models=models,
+            config={
+                **dataclasses.asdict(cfg),
+                "lens_dtype": str(lens_dtype).replace("torch.", ""),
+                "world_size": info.world_size,
+                "ci95_method": "normal approximation over per-sequence means",
+            },
+            environment=environment(info.device),
         )
-        acc = run_.accumulator
-        positions, excluded, seconds = dist.reduce_run(acc, run_)
-        layers = acc.layer_summary()
-        k = max(cfg.topk)
-        results_models.append(
-            {
-                "name": lm.name,
-                "source": lm.source,
-                "architecture": lm.architecture,
-                "num_layers": lm.num_layers,
-                "tied_embeddings": lm.tied_embeddings,
-                "vocab_size": int(lm.unembed.shape[0]),
-                "bos_position_skipped": bool(
-                    lm.bos_token_id is not None and (tokens[:, 0] == lm.bos_token_id).all()
-                ),
-                "num_positions": positions,
-                "projection_excluded_positions": excluded,
-                "layers": layers,
-                "shift_layer": shift_layers(
-                    [r[f"top{k}_input"] for r in layers], [r[f"top{k}_output"] for r in layers]
-                ),
-                "lens_screens": list(run_.screens),
-                "seconds": seconds,
-                "tokens_per_second": cfg.num_seqs * cfg.seq_len / seconds if seconds > 0 else None,
-            }
-        )
-        del lm
-    if rank != 0:
-        dist.finish()
-        return None
-    results = {
-        "schema_version": 1,
-        "data": {"spec": cfg.data, "num_sequences": cfg.num_seqs, "seq_len": cfg.seq_len},
-        "models": results_models,
-        "config": {
-            **dataclasses.asdict(cfg),
-            "lens_dtype": str(lens_dtype).replace("torch.", ""),
-            "world_size": world,
-            "ci95_method": "normal approximation over per-sequence means",
-        },
-        "environment": environment(cfg.device),
-    }
-    write_results(out, results, plots=cfg.plots)
-    dist.finish()
-    return out
+        result.write(out)
+        if cfg.plots:
+            from causalshift.figures import analyze_figures
+
+            analyze_figures(result, out)
+        return out
+    finally:
+        runtime.teardown()
 
 
-def write_results(out: Path, results: dict[str, Any], plots: bool = True) -> None:
-    """results.json, layers.csv and (optionally) the two figures, each written atomically."""
-    write_json(out / "results.json", results)
-    write_text(out / "layers.csv", layers_csv(results))
-    if plots:
-        from causalshift.report.figures import plot_similarity, plot_topk
-
-        plot_topk(results["models"], out / "topk_match.png")
-        plot_similarity(results["models"], out / "similarity.png")
-
-
-def layers_csv(results: dict[str, Any]) -> str:
-    """Long form: one row per model x layer x metric with its 95% interval."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "layer", "depth", "metric", "value", "ci95_low", "ci95_high"])
-    for m in results["models"]:
-        for row in m["layers"]:
-            for metric, (lo, hi) in row["ci95"].items():
-                depth = row["layer"] / m["num_layers"]
-                w.writerow([m["name"], row["layer"], f"{depth:.4f}", metric, row[metric], lo, hi])
-    return buf.getvalue()
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Versions and hardware, recorded with every result."""
+def analyze_model(
+    cfg: AnalyzeConfig,
+    spec: str,
+    info: runtime.DistInfo,
+    weight_dtype: torch.dtype,
+    lens_dtype: torch.dtype,
+) -> ModelResult:
+    """Load one model SPEC and run the lens on this rank's share of the sequences; the
+    result is summed over ranks (every rank returns the same)."""
     import torch
-    import transformers
 
-    from causalshift import __version__
+    from causalshift.corpus import token_sequences
+    from causalshift.lens.engine import reduce_run, run_lens
+    from causalshift.lens.models import load
 
-    if device.startswith("cuda"):
-        hw = torch.cuda.get_device_name(torch.device(device))
-    else:
-        cpu = platform.processor() or platform.machine()
-        hw = f"cpu ({cpu}, {torch.get_num_threads()} threads)"
-    return {
-        "causalshift": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "device": hw,
-    }
+    lm = load(spec, dtype=weight_dtype, device=info.device, device_map=cfg.device_map)
+    if lm.max_positions and cfg.seq_len > lm.max_positions:
+        raise UserError(
+            f"--seq-len {cfg.seq_len} exceeds {lm.name}'s context of {lm.max_positions} tokens"
+        )
+    tokens = token_sequences(lm.tokenizer, cfg.data, cfg.num_seqs, cfg.seq_len, name=lm.name)
+    run = run_lens(
+        lm,
+        tokens,
+        topk=cfg.topk,
+        batch_size=cfg.batch_size,
+        compute_dtype=lens_dtype,
+        vocab_chunk=cfg.vocab_chunk,
+        seed=cfg.seed,
+        progress=info.is_main,
+        seq_indices=torch.arange(info.rank, cfg.num_seqs, info.world_size),
+    )
+    return model_result(cfg, lm, tokens, run, *reduce_run(run))
+
+
+def model_result(
+    cfg: AnalyzeConfig,
+    lm: LensModel,
+    tokens: torch.Tensor,
+    run: LensRun,
+    positions: int,
+    excluded: int,
+    seconds: float,
+) -> ModelResult:
+    """One model's entry of results.json from its (rank-summed) lens run."""
+    from causalshift.lens.metrics import shift_layers
+
+    layers = run.accumulator.layer_summary()
+    k = max(cfg.topk)
+    shift = shift_layers(
+        [r[f"top{k}_input"] for r in layers], [r[f"top{k}_output"] for r in layers]
+    )
+    bos = lm.bos_token_id
+    return ModelResult(
+        name=lm.name,
+        source=lm.source,
+        architecture=lm.architecture,
+        num_layers=lm.num_layers,
+        tied_embeddings=lm.tied_embeddings,
+        vocab_size=int(lm.unembed.shape[0]),
+        bos_position_skipped=bool(bos is not None and (tokens[:, 0] == bos).all()),
+        num_positions=positions,
+        projection_excluded_positions=excluded,
+        layers=[LayerRow.from_dict(r) for r in layers],
+        shift_layer=ShiftLayers.from_dict(shift),
+        lens_screens=list(run.screens),
+        seconds=seconds,
+        tokens_per_second=cfg.num_seqs * cfg.seq_len / seconds if seconds > 0 else None,
+    )
+
+
+def environment(device: torch.device | str) -> dict[str, Any]:
+    """Versions and hardware, recorded with every result."""
+    return runtime.environment(ENVIRONMENT_FIELDS, device=runtime.hardware_name(device))

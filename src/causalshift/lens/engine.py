@@ -10,7 +10,7 @@ soon as their top-k is decided), and reduced at once to per-sequence sums.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -18,29 +18,21 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from causalshift import runtime
 from causalshift.lens import metrics as M
 from causalshift.lens.kernels import band_entries, kernels_for
-from causalshift.lens.models import LensModel, cpu_float_screen, parse_dtype
-from causalshift.lens.screen import Int8Screen, Screen, ScreenChunk, make_screen
+from causalshift.lens.models import LensModel
+from causalshift.lens.screen import Int8Screen, Screen, ScreenChunk, ScreenRows, make_screen
 
 # With the int8 screen, the first columns (the text's own tokens, where most rows are decided
-# and many targets sit near the threshold) go through the bf16 screen, whose band is ~5x
-# narrower: fewer entries to re-score. The rest of the vocabulary, scanned mostly by rows whose
-# target really is in the top-k, goes through int8.
+# and many targets sit near the threshold) go through the bf16 screen, whose band is several
+# times narrower: fewer entries to re-score. The rest of the vocabulary, scanned mostly by rows
+# whose target really is in the top-k, goes through int8.
 INT8_AFTER = 16384
 
-# Vocabulary columns per chunk on CPU: the fastest of 2048-16384 with the bf16 screen here
-# (~10% over 16384 when every chunk's logits were a fresh tensor; now that the screens reuse
-# one output buffer, 4096-16384 are within this machine's noise). GPUs use 16384.
+# Vocabulary columns per chunk on CPU: small enough that a chunk's logits (positions x chunk)
+# stay in cache, large enough to keep the matmuls efficient. GPUs use 16384.
 VOCAB_CHUNK = 4096
-
-COSINE_METRICS = ("cos_input", "cos_output", "cos_random", "projection")
-
-
-def metric_names(topk: tuple[int, ...]) -> list[str]:
-    """Metric columns in result order: top-k input/output for each k, then the cosines."""
-    names = [f"top{k}_{side}" for k in topk for side in ("input", "output")]
-    return names + list(COSINE_METRICS)
 
 
 @dataclass
@@ -54,7 +46,7 @@ class LensAccumulator:
     counts: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.names = metric_names(self.topk)
+        self.names = M.metric_names(self.topk)
         shape = (self.num_seqs, self.num_layers + 1, len(self.names))
         self.sums = torch.zeros(shape, dtype=torch.float64)
         self.counts = torch.zeros(self.num_seqs, len(self.names), dtype=torch.float64)
@@ -109,18 +101,11 @@ def capture_residual_stream(lm: LensModel) -> Iterator[list[Tensor]]:
 @torch.inference_mode()
 def residual_stream(lm: LensModel, input_ids: Tensor) -> list[Tensor]:
     """The L+1 residual states of a batch (B, T) -> list of (B, T, d)."""
-    first_device = lm.embed.device
     with capture_residual_stream(lm) as states:
         try:
-            lm.model(input_ids=input_ids.to(first_device), use_cache=False)
+            lm.forward(input_ids)
         except _StopForward:
             pass
-        except TypeError:  # causalshift GPT: forward(idx)
-            states.clear()
-            try:
-                lm.model(input_ids.to(first_device))
-            except _StopForward:
-                pass
     if len(states) != lm.num_layers + 1:
         raise RuntimeError(f"captured {len(states)} residual states, expected {lm.num_layers + 1}")
     return states
@@ -166,23 +151,12 @@ class LensWeights:
         above it sooner. Any order gives the same ranks. With an int8 screen, chunks before
         column int8_after (default INT8_AFTER) use the bf16 (or float32) screen.
         """
-        device, hidden = lm.unembed.device, lm.unembed.shape[1]
-        if compute_dtype == torch.int8:  # the first columns through a narrower screen
-            screens = [make_screen(cpu_float_screen(), device, hidden)]
-            if lm.unembed_bias is None:  # the int8 screen has no bias
-                screens.append(make_screen(torch.int8, device, hidden))
-        else:
-            screens = [make_screen(compute_dtype, device, hidden)]
+        screens = _screens(lm, compute_dtype)
         int8_after = INT8_AFTER if int8_after is None else int8_after
         u32 = lm.unembed.detach().float()
         e32 = u32 if lm.tied_embeddings else lm.embed.detach().float().to(u32.device)
         norms = u32.norm(dim=1)
-        order = torch.argsort(norms, descending=True)
-        if first is not None and len(first):
-            first = first.to(order.device)
-            rest = torch.ones(len(order), dtype=torch.bool, device=order.device)
-            rest[first] = False
-            order = torch.cat([first, order[rest[order]]])
+        order = _vocabulary_order(norms, first)
         position = torch.empty_like(order)
         position[order] = torch.arange(len(order), device=order.device)
         rev = torch.cummax(norms[order].flip(0), dim=0).values.flip(0)
@@ -193,11 +167,10 @@ class LensWeights:
             bias_sorted = bias[order]
             rev_max = torch.cummax(bias_sorted.flip(0), dim=0).values.flip(0)
             bias_from = torch.cat([rev_max, rev_max.new_full((1,), -torch.inf)])
-        u = lm.unembed.detach()
-        chunks, chunk_screen, rows = [], [], None
+        u, chunks, chunk_screen, rows = lm.unembed.detach(), [], [], None
         for c0, c1 in chunk_bounds(len(order), vocab_chunk):
             # Gathered and rounded a chunk at a time (no second full-size copy); index_select
-            # into a reused buffer copies whole rows, 2x faster than advanced indexing here.
+            # into a reused buffer copies whole rows, without advanced indexing's allocation.
             if rows is not None and rows.shape[0] != c1 - c0:
                 rows = None
             rows = torch.index_select(u, 0, order[c0:c1], out=rows)
@@ -221,6 +194,30 @@ class LensWeights:
     @property
     def vocab_size(self) -> int:
         return len(self.order)
+
+
+def _screens(lm: LensModel, compute_dtype: torch.dtype) -> list[Screen | Int8Screen]:
+    """The screen for compute_dtype; for int8, the CPU's float screen first (the first
+    columns, see INT8_AFTER), and no int8 screen at all for a biased unembedding."""
+    device, hidden = lm.unembed.device, lm.unembed.shape[1]
+    if compute_dtype != torch.int8:
+        return [make_screen(compute_dtype, device, hidden)]
+    screens = [make_screen(runtime.cpu_float_screen(), device, hidden)]
+    if lm.unembed_bias is None:  # the int8 screen has no bias
+        screens.append(make_screen(torch.int8, device, hidden))
+    return screens
+
+
+def _vocabulary_order(norms: Tensor, first: Tensor | None) -> Tensor:
+    """Sorted column -> token id: the ids `first` in their order, then the rest by
+    decreasing |U_v| (norms)."""
+    order = torch.argsort(norms, descending=True)
+    if first is not None and len(first):
+        first = first.to(order.device)
+        rest = torch.ones(len(order), dtype=torch.bool, device=order.device)
+        rest[first] = False
+        order = torch.cat([first, order[rest[order]]])
+    return order
 
 
 def by_frequency(tokens: Tensor) -> Tensor:
@@ -271,7 +268,6 @@ def decode_ranks(
     n_rows = h32.shape[0]
     biased = weights.bias is not None
     t = torch.stack(targets, dim=1)  # (N, J)
-    n_targets = t.shape[1]
     z_t = (h32[:, None, :] * weights.unembed_f32[t]).sum(-1)  # (N, J) float32
     if biased:
         z_t = z_t + weights.bias[t]
@@ -290,15 +286,8 @@ def decode_ranks(
         if biased:
             z = z.float() + weights.bias_sorted[c0:c1]
         tau = z_t[active]  # (n, J)
-        band = screen.thresholds(tau, r, chunk, biased)  # hi, then lo
-        counts = count(z, band)  # (n, 2J)
-        # The target's own column does not count (its screen logit is within the band).
         own_c = own[active] - c0  # (n, J)
-        inside = (own_c >= 0) & (own_c < c1 - c0)
-        z_own = z.gather(1, own_c.clamp(0, c1 - c0 - 1)).float()  # (n, J)
-        hi, lo = band[:, :n_targets], band[:, n_targets:]
-        counts -= torch.cat([inside & (z_own > hi), inside & (z_own > lo)], dim=1).int()
-        sure, maybe = counts[:, :n_targets], counts[:, n_targets:]  # (n, J) each
+        hi, lo, sure, maybe = _band_counts(screen, z, tau, r, chunk, biased, count, own_c)
         ranks[active] += sure
         need = (maybe > sure) & (ranks[active] < max_rank)  # candidates that may matter
         candidates = []  # (row, sorted column, target j)
@@ -317,6 +306,31 @@ def decode_ranks(
             break
     ranks.clamp_(max=max_rank)
     return list(ranks.unbind(1))
+
+
+def _band_counts(
+    screen: Screen | Int8Screen,
+    z: Tensor,
+    tau: Tensor,
+    rows: ScreenRows,
+    chunk: ScreenChunk,
+    biased: bool,
+    count: Callable[..., Tensor],
+    own_c: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The band around each target logit tau (n, J) over one chunk's screen logits z (n, Vc):
+    (hi, lo) thresholds and how many entries are above each, (sure, maybe), the target's
+    own column (own_c, relative to the chunk) not counted."""
+    n_targets = tau.shape[1]
+    band = screen.thresholds(tau, rows, chunk, biased)  # hi, then lo
+    counts = count(z, band)  # (n, 2J)
+    # The target's own column does not count (its screen logit is within the band).
+    width = z.shape[1]
+    inside = (own_c >= 0) & (own_c < width)
+    z_own = z.gather(1, own_c.clamp(0, width - 1)).float()  # (n, J)
+    hi, lo = band[:, :n_targets], band[:, n_targets:]
+    counts -= torch.cat([inside & (z_own > hi), inside & (z_own > lo)], dim=1).int()
+    return hi, lo, counts[:, :n_targets], counts[:, n_targets:]
 
 
 def _rescore(
@@ -412,7 +426,8 @@ def batch_metrics(
     token ids. All layers go through one `decode_ranks` call: its chunk matmuls get Lp x
     more rows. With `cache`, a layer-0 row whose input rank is known (or decoded on another
     row of the batch) asks for its output token twice instead, which costs nothing extra.
-    Returns values (Lp, N, M) and a validity mask (N, M) (projection skips t_i == t_{i+1}).
+    Returns values (Lp, N, M) in `metrics.metric_table` order and a validity mask (N, M)
+    (metrics on "shift" positions skip t_i == t_{i+1}).
     """
     n_layers, n, d = hn.shape
     plan = None if cache is None else cache.plan(hn[0], inputs)
@@ -427,17 +442,20 @@ def batch_metrics(
     if plan is not None:
         assert cache is not None
         rank_in[0] = cache.resolve(plan, rank_in[0])
-    a = weights.embed_f32[inputs]  # (N, d), broadcast over layers
-    b = weights.unembed_f32[outputs]  # (N, d)
-    r = weights.embed_f32[randoms]
-    h = hn.float()
-    cols = []
-    for k in topk:
-        cols += [M.topk_hits(rank_in, k), M.topk_hits(rank_out, k)]
-    cols += [M.cosine(h, a), M.cosine(h, b), M.cosine(h, r), M.projection(h, a, b)]
-    values = torch.stack(cols, dim=-1)  # (Lp, N, M)
+    seen = M.LensInputs(
+        states=hn.float(),
+        input_rank=rank_in,
+        output_rank=rank_out,
+        input_embed=weights.embed_f32[inputs],  # (N, d), broadcast over layers
+        output_unembed=weights.unembed_f32[outputs],
+        random_embed=weights.embed_f32[randoms],
+    )
+    columns = M.metric_table(topk)
+    values = torch.stack([c.values(seen) for c in columns], dim=-1)  # (Lp, N, M)
     valid = torch.ones(values.shape[1:], dtype=torch.bool, device=values.device)
-    valid[:, -1] = inputs != outputs
+    for j, column in enumerate(columns):
+        if column.shift_only:
+            valid[:, j] = inputs != outputs
     return values, valid
 
 
@@ -479,20 +497,16 @@ def run_lens(
     if seq_len - 1 - s < 1:
         raise ValueError("sequences too short for the lens: need at least two positions")
     if compute_dtype is None:
-        compute_dtype = parse_dtype("auto", str(lm.device))[1]
+        compute_dtype = runtime.lens_dtypes("auto", str(lm.device))[1]
     indices = torch.arange(num_seqs) if seq_indices is None else seq_indices
     first = by_frequency(tokens[indices])
     weights = LensWeights.prepare(lm, compute_dtype, vocab_chunk, first=first)
     acc = LensAccumulator(lm.num_layers, topk, num_seqs)
     cache = TokenRankCache() if reuse_layer0 else None
-    vocab = weights.vocab_size
     gen = torch.Generator().manual_seed(seed)
-    randoms_all = torch.randint(0, vocab, (num_seqs, seq_len - 1 - s), generator=gen)
-    device = weights.unembed_f32.device
+    randoms = torch.randint(0, weights.vocab_size, (num_seqs, seq_len - 1 - s), generator=gen)
     excluded = 0
-    norm_device = next(lm.norm.parameters(), weights.unembed_f32).device
     t0 = time.perf_counter()
-    batches = range(0, len(indices), batch_size)
     bar = tqdm(
         total=len(indices) * seq_len,
         desc=f"lens {lm.name}",
@@ -501,27 +515,10 @@ def run_lens(
         dynamic_ncols=True,
     )
     with torch.inference_mode():
-        for start in batches:
+        for start in range(0, len(indices), batch_size):
             idx = indices[start : start + batch_size]
-            batch = tokens[idx]  # (B, T)
-            states = residual_stream(lm, batch)
-            inputs = batch[:, s : seq_len - 1].to(device)  # (B, P): t_i
-            outputs = batch[:, s + 1 :].to(device)  # (B, P): t_{i+1}
-            randoms = randoms_all[idx].to(device)
-            n_b, n_p = inputs.shape
-            flat = (inputs.reshape(-1), outputs.reshape(-1), randoms.reshape(-1))
-            excluded += int((flat[0] == flat[1]).sum())
-            hn = torch.stack(
-                [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
-            )  # (L+1, B, P, d)
-            values, valid = batch_metrics(
-                hn.reshape(len(states), n_b * n_p, -1), *flat, weights, topk, cache
-            )
-            values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
-            acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)
-            acc.counts[idx] += valid.reshape(n_b, n_p, -1).sum(1).double().cpu()
-            del states
-            bar.update(batch.numel())
+            excluded += _accumulate(lm, tokens[idx], randoms[idx], idx, s, weights, acc, cache)
+            bar.update(len(idx) * seq_len)
     bar.close()
     seconds = time.perf_counter() - t0
     return LensRun(
@@ -531,5 +528,54 @@ def run_lens(
         seconds=seconds,
         tokens=len(indices) * seq_len,
         reused_layer0_ranks=0 if cache is None else cache.hits,
-        screens=tuple(str(s.dtype).replace("torch.", "") for s in weights.screens),
+        screens=tuple(str(sc.dtype).replace("torch.", "") for sc in weights.screens),
     )
+
+
+def _accumulate(
+    lm: LensModel,
+    batch: Tensor,
+    randoms: Tensor,
+    idx: Tensor,
+    s: int,
+    weights: LensWeights,
+    acc: LensAccumulator,
+    cache: TokenRankCache | None,
+) -> int:
+    """Add one batch's metrics (batch (B, T), the sequences idx of acc) at positions s..T-2;
+    returns how many positions have t_i == t_{i+1} (left out of the "shift" metrics)."""
+    seq_len = batch.shape[1]
+    device = weights.unembed_f32.device
+    norm_device = next(lm.norm.parameters(), weights.unembed_f32).device
+    states = residual_stream(lm, batch)
+    inputs = batch[:, s : seq_len - 1].to(device)  # (B, P): t_i
+    outputs = batch[:, s + 1 :].to(device)  # (B, P): t_{i+1}
+    n_b, n_p = inputs.shape
+    flat = (inputs.reshape(-1), outputs.reshape(-1), randoms.to(device).reshape(-1))
+    hn = torch.stack(
+        [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
+    )  # (L+1, B, P, d)
+    values, valid = batch_metrics(
+        hn.reshape(len(states), n_b * n_p, -1), *flat, weights, acc.topk, cache
+    )
+    values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
+    acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)
+    acc.counts[idx] += valid.reshape(n_b, n_p, -1).sum(1).double().cpu()
+    return int((flat[0] == flat[1]).sum())
+
+
+def reduce_run(run: LensRun) -> tuple[int, int, float]:
+    """Sum the accumulator over torchrun ranks in place (ranks' sequences do not overlap, so
+    the sum is exact); returns (positions, excluded positions, the slowest rank's seconds)."""
+    acc = run.accumulator
+    stats = torch.tensor(
+        [run.num_positions, run.excluded_projection_positions, run.seconds], dtype=torch.float64
+    )
+    if runtime.is_distributed():
+        device = runtime.collective_device()
+        for t in (acc.sums, acc.counts):
+            t.copy_(runtime.all_reduce_sum(t.to(device)).cpu())
+        head = runtime.all_reduce_sum(stats[:2].to(device))
+        slowest = runtime.all_reduce_max(stats[2:].to(device))
+        stats = torch.cat([head.cpu(), slowest.cpu()])
+    return int(stats[0]), int(stats[1]), float(stats[2])

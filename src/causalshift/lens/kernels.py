@@ -1,8 +1,8 @@
 """Elementwise passes of the lens over a chunk's screen logits, fused by torch.compile on CPU.
 
-Eager PyTorch materializes every float copy and boolean mask of these (count_above is ~20x
-slower eager on CPU here); compiled, each is one pass over z. They run eagerly on GPUs, or
-when compilation is unavailable (no C++ compiler).
+Eager PyTorch materializes every float copy and boolean mask of these, a pass over memory
+each; compiled, each is one pass over z. They run eagerly on GPUs, or when compilation is
+unavailable (no C++ compiler).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ def count_above(z: Tensor, thresholds: Tensor) -> Tensor:
     """For each row and threshold j: how many columns of z (n, Vc) are strictly above
     thresholds (n, J), compared in float32 (z may be bf16). Returns (n, J) int32.
 
-    One reduction per threshold (unrolled when compiled): 3x faster on CPU than a single
-    (n, J, Vc) comparison.
+    One reduction per threshold (unrolled when compiled): on CPU a single (n, J, Vc)
+    comparison would materialize J times the chunk.
     """
     zf = z.float()
     above = [
@@ -97,7 +97,7 @@ def compiled_cpu(fn: Callable[..., Tensor], *example: Tensor) -> Callable[..., T
 
 def kernels_for(device: torch.device, dtype: torch.dtype) -> tuple[Callable[..., Tensor], ...]:
     """(count_above, band_blocks): compiled on CPU, where eager PyTorch materializes every
-    float copy and boolean mask (~20x slower for count_above here); eager elsewhere."""
+    float copy and boolean mask; eager elsewhere."""
     if device.type != "cpu":
         return count_above, band_blocks
     z = torch.zeros(3, 2 * BAND_BLOCK, dtype=dtype)

@@ -1,17 +1,114 @@
-"""Pure tensor functions for the logit lens: no I/O, no model code.
+"""The lens metrics: one table (`METRICS`) and the pure tensor functions behind it.
 
-Definitions follow docs/method.md (and the project's design contract). For position i with
-input token t_i and output token t_{i+1}, h is the residual stream at some layer and N the
-model's final norm; every function below takes already-normed states N(h).
+Definitions follow docs/method.md. For position i with input token t_i and output token
+t_{i+1}, h is the residual stream at some layer and N the model's final norm; every function
+below takes already-normed states N(h).
+
+`METRICS` drives everything downstream: the engine's columns and their order (`metric_table`),
+which positions each metric averages over, the result keys and the legend labels. A new
+metric is one `Metric` entry whose `value` reads a `LensInputs`; nothing else changes.
+
+torch is imported inside the functions so that the table (names, labels, positions) can be
+read without it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LensInputs:
+    """What a metric sees for one batch: Lp layers x N positions."""
+
+    states: Tensor  # (Lp, N, d) float32 normed states N(h)
+    input_rank: Tensor  # (Lp, N) rank of t_i under the lens logits (capped at max top-k)
+    output_rank: Tensor  # (Lp, N) rank of t_{i+1}
+    input_embed: Tensor  # (N, d) float32 W_E[t_i]
+    output_unembed: Tensor  # (N, d) float32 U[t_{i+1}]
+    random_embed: Tensor  # (N, d) float32 W_E[r], r a uniformly random token (chance level)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the metric table.
+
+    name: the result key; a name with "{k}" is one column per `--topk` value.
+    label: the legend text of its curve in the figures.
+    value: (inputs, k) -> (Lp, N) values (k is None for metrics without "{k}").
+    positions: "all", or "shift" for positions with t_i != t_{i+1} only.
+    """
+
+    name: str
+    label: str
+    value: Callable[[LensInputs, int | None], Tensor]
+    positions: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("all", "shift"):
+            raise ValueError(f"metric {self.name}: positions must be 'all' or 'shift'")
+
+    @property
+    def per_k(self) -> bool:
+        return "{k}" in self.name
+
+
+@dataclass(frozen=True)
+class Column:
+    """A metric at one k: one column of the engine's (Lp, N, M) values."""
+
+    name: str
+    metric: Metric
+    k: int | None
+
+    def values(self, inputs: LensInputs) -> Tensor:
+        return self.metric.value(inputs, self.k)
+
+    @property
+    def shift_only(self) -> bool:
+        return self.metric.positions == "shift"
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("top{k}_input", "input t_i", lambda x, k: topk_hits(x.input_rank, k)),
+    Metric("top{k}_output", "output t_(i+1)", lambda x, k: topk_hits(x.output_rank, k)),
+    Metric("cos_input", "input", lambda x, k: cosine(x.states, x.input_embed)),
+    Metric("cos_output", "output", lambda x, k: cosine(x.states, x.output_unembed)),
+    Metric("cos_random", "random token", lambda x, k: cosine(x.states, x.random_embed)),
+    Metric(
+        "projection",
+        "input->output projection",
+        lambda x, k: projection(x.states, x.input_embed, x.output_unembed),
+        positions="shift",  # meaningless where t_i == t_{i+1} (see `projection`)
+    ),
+)
+
+
+def metric_table(topk: Sequence[int]) -> list[Column]:
+    """The columns in result order: the "{k}" metrics for each k in turn, then the others,
+    each group in table order."""
+    cols = [Column(m.name.format(k=k), m, k) for k in topk for m in METRICS if m.per_k]
+    return cols + [Column(m.name, m, None) for m in METRICS if not m.per_k]
+
+
+def metric_names(topk: Sequence[int]) -> list[str]:
+    """The result keys in column order (e.g. top1_input, top1_output, ..., projection)."""
+    return [c.name for c in metric_table(topk)]
+
+
+def label(name: str) -> str:
+    """The legend label of a result key (e.g. "top5_output" -> "output t_(i+1)")."""
+    for m in METRICS:
+        if re.fullmatch(re.escape(m.name).replace(r"\{k\}", r"\d+"), name):
+            return m.label
+    raise KeyError(f"no metric {name!r}")
 
 
 def target_ranks(logits: Tensor, targets: Tensor) -> Tensor:
@@ -43,6 +140,8 @@ def projection(h: Tensor, a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     embedding b, 0.5 where cos(h, a) == cos(h, b). Rows (N, d) -> (N,). Rows with
     a^ == b^ give a meaningless value: callers leave out positions with t_i == t_{i+1}.
     """
+    import torch
+
     h, a, b = (torch.nn.functional.normalize(v.float(), dim=-1, eps=eps) for v in (h, a, b))
     axis = b - a  # (N, d)
     return ((h - a) * axis).sum(-1) / (axis * axis).sum(-1).clamp_min(eps)

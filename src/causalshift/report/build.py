@@ -6,14 +6,33 @@ import datetime as dt
 import math
 import platform
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from causalshift import __version__
+from causalshift.figures import (
+    SweepSeries,
+    plot_gate,
+    plot_similarity,
+    plot_sweep,
+    plot_topk,
+    plot_val_loss,
+)
+from causalshift.gpt.residual import label_order, learned_modes
 from causalshift.io import write_text
-from causalshift.report import figures
 from causalshift.report.document import Document
-from causalshift.report.sources import Run, Sources, mode_label, run_info
+from causalshift.report.sources import Sources
+from causalshift.results import (
+    EvalResult,
+    ModelResult,
+    ShiftLayers,
+    SweepResult,
+    SweepRunRecord,
+    TrainingRun,
+    common_topk_ks,
+    mode_label,
+)
 
 # Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then ~normal).
 T95 = [
@@ -81,22 +100,34 @@ def _shift(v: Any) -> str:
     return "never" if v is None else str(v)
 
 
+def _known(v: Any) -> str:
+    return "?" if v is None else str(v)
+
+
 # --- grouping -------------------------------------------------------------------------
 
 
-def _entries(src: Sources) -> list[dict[str, Any]]:
+@dataclass
+class Entry:
+    """A model trained or evaluated: its residual facts (run_info), run folder, evals."""
+
+    info: dict[str, Any]
+    name: str
+    run: TrainingRun | None = None
+    evals: list[EvalResult] = field(default_factory=list)
+
+
+def _entries(src: Sources) -> list[Entry]:
     """One entry per model evaluated or trained: runs, plus evals with no run dir given."""
-    entries = [{"info": r.info, "run": r, "evals": r.evals, "name": r.path.name} for r in src.runs]
-    for folder, data in src.evals:
-        model = data.get("model", {})
+    entries = [Entry(r.info, r.name, r, r.evals) for r in src.runs]
+    for folder, ev in src.evals:
+        model = ev.model if isinstance(ev.model, dict) else {}
         info = {
             k: model[k]
             for k in ("mode", "cut_layer", "alpha", "seed", "preset", "n_layer")
             if model.get(k) is not None
         }
-        entries.append(
-            {"info": info, "run": None, "evals": [data], "name": model.get("name") or folder.name}
-        )
+        entries.append(Entry(info, model.get("name") or folder.name, None, [ev]))
     return entries
 
 
@@ -109,84 +140,78 @@ def _group_key(info: dict[str, Any], many_presets: bool) -> str:
 
 def _mode_order(key: str) -> tuple:
     label = key.split(": ", 1)[-1]
-    rank = {"baseline": 0, "fixed": 1, "gate": 2, "gate-hard": 3, "scalar": 4}
-    head = label.split(" ")[0]
     digits = "".join(ch for ch in label if ch.isdigit())
     return (
         key.split(": ")[0] if ": " in key else "",
-        rank.get(head, 9),
+        label_order(label),
         int(digits) if digits else 0,
         label,
     )
 
 
-def group_entries(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    many = len({e["info"].get("preset") for e in entries}) > 1
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+def group_entries(entries: list[Entry]) -> dict[str, list[Entry]]:
+    many = len({e.info.get("preset") for e in entries}) > 1
+    groups: dict[str, list[Entry]] = defaultdict(list)
     for e in entries:
-        groups[_group_key(e["info"], many)].append(e)
+        groups[_group_key(e.info, many)].append(e)
     return dict(sorted(groups.items(), key=lambda kv: _mode_order(kv[0])))
 
 
 # --- sections -------------------------------------------------------------------------
 
 
-def _analysis_models(src: Sources) -> list[dict[str, Any]]:
-    models = []
-    for folder, data in src.analyses:
-        for m in data.get("models", []):
-            if m.get("layers"):
-                models.append({**m, "dir": folder.name})
-    names = [m.get("name", "?") for m in models]
-    for m in models:
-        dup = names.count(m.get("name", "?")) > 1
-        m["label"] = f"{m.get('name', '?')} ({m['dir']})" if dup else str(m.get("name", "?"))
-    return models
+def _analysis_models(src: Sources) -> tuple[list[ModelResult], list[str]]:
+    """Every analysed model with layers, and its label: its name, with its result folder
+    where two models share a name."""
+    found = [(m, folder.name) for folder, res in src.analyses for m in res.models if m.layers]
+    names = [_known(m.name) for m, _ in found]
+    labels = [f"{n} ({d})" if names.count(n) > 1 else n for n, (_, d) in zip(names, found)]
+    return [m for m, _ in found], labels
 
 
 def section_analysis(doc: Document, src: Sources, out: Path) -> None:
-    models = _analysis_models(src)
+    models, labels = _analysis_models(src)
     if not models:
         return
     doc.heading("Where the causal shift happens (logit lens)")
-    data = src.analyses[0][1].get("data", {})
+    data = src.analyses[0][1].data
     doc.para(
         f"{len(models)} model(s) from {len(src.analyses)} `causalshift analyze` result file(s); "
-        f"data `{data.get('spec', '?')}`, {data.get('num_sequences', '?')} sequences of "
-        f"{data.get('seq_len', '?')} tokens (first file). Layer 0 is the embedding output, "
+        f"data `{_known(data.spec)}`, {_known(data.num_sequences)} sequences of "
+        f"{_known(data.seq_len)} tokens (first file). Layer 0 is the embedding output, "
         "layer L the last residual stream before the final norm. Bands: 95% intervals over "
         "sequences, as computed by `analyze`."
     )
-    if figures.plot_topk(models, out / "topk_match.png"):
+    if plot_topk(models, out / "topk_match.png", labels):
         doc.image(
             "topk_match.png",
             "Figure 2 analogue: top-k match of the decoded hidden "
             "state with the input token t_i (dashed) and the output token t_(i+1) (solid).",
         )
-    if figures.plot_similarity(models, out / "similarity.png"):
+    if plot_similarity(models, out / "similarity.png", labels):
         doc.image(
             "similarity.png",
             "Figure 3 analogue: cosine of the normed hidden state to "
             "the input and output token embeddings (dotted: a random token, chance level) "
             "and the normalized projection on the input->output axis.",
         )
-    k = max(figures.topk_ks(models) or [1])
+    k = max(common_topk_ks(models) or [1])
     rows = []
-    for m in models:
-        shift = m.get("shift_layer", {})
-        last = m["layers"][-1]
+    for m, label in zip(models, labels, strict=True):
+        shift = m.shift_layer or ShiftLayers()
+        last = m.layers[-1]
         rows.append(
             [
-                m["label"],
-                m.get("architecture", "?"),
-                str(m.get("num_layers", "?")),
-                str(m.get("num_positions", "?")),
-                _shift(shift.get("input_until")),
-                _shift(shift.get("output_from")),
-                _shift(shift.get("crossover")),
-                fmt(last.get(f"top{k}_output"), 3),
-                fmt(last.get("projection"), 3),
-                fmt(m.get("tokens_per_second"), 0),
+                label,
+                _known(m.architecture),
+                _known(m.num_layers),
+                _known(m.num_positions),
+                _shift(shift.input_until),
+                _shift(shift.output_from),
+                _shift(shift.crossover),
+                fmt(last.value(f"top{k}_output"), 3),
+                fmt(last.value("projection"), 3),
+                fmt(m.tokens_per_second, 0),
             ]
         )
     doc.table(
@@ -217,14 +242,13 @@ def section_training(doc: Document, src: Sources, out: Path) -> None:
     if not runs:
         return
     doc.heading("Training: validation loss per residual mode")
-    groups = group_entries(
-        [{"info": r.info, "run": r, "evals": [], "name": r.path.name} for r in runs]
-    )
+    groups = group_entries([Entry(r.info, r.name, r) for r in runs])
     rows = []
     for key, entries in groups.items():
-        losses = [e["run"].final_val_loss for e in entries if e["run"].final_val_loss is not None]
-        tokens = [e["run"].tokens for e in entries if e["run"].tokens]
-        seeds = sorted({str(e["info"].get("seed", "?")) for e in entries})
+        done = [e.run for e in entries if e.run is not None]
+        losses = [r.final_val_loss for r in done if r.final_val_loss is not None]
+        tokens = [r.tokens for r in done if r.tokens]
+        seeds = sorted({str(e.info.get("seed", "?")) for e in entries})
         mean, half = mean_ci(losses) if losses else (None, None)
         rows.append(
             [
@@ -244,77 +268,51 @@ def section_training(doc: Document, src: Sources, out: Path) -> None:
         "per token). With several seeds: mean ± the 95% Student-t half-width across seeds; "
         "one seed: no interval."
     )
-    if figures.plot_val_loss(runs, out / "val_loss.png"):
+    if plot_val_loss(runs, out / "val_loss.png"):
         doc.image("val_loss.png", "Validation loss during training, one line per run.")
 
 
-def _sweep_summary(data: dict[str, Any]) -> dict[str, Any]:
+def _with_stats(sweep: SweepResult) -> SweepResult:
     """A sweep.json's per-layer and baseline stats (computed from its runs when absent)."""
-    if data.get("by_layer") or data.get("baseline"):
-        return data
-    runs = [r for r in data.get("runs", []) if r.get("final_val_loss") is not None]
-    base = [r["final_val_loss"] for r in runs if r.get("mode") == "none"]
-    layers: dict[int, list[float]] = defaultdict(list)
-    for r in runs:
-        if r.get("mode") == "fixed":
-            layers[int(r["cut_layer"])].append(r["final_val_loss"])
-    return {
-        **data,
-        "baseline": _stats(base) if base else None,
-        "by_layer": [{"cut_layer": k, **_stats(v)} for k, v in sorted(layers.items())],
-    }
+    return sweep if sweep.by_layer or sweep.baseline else sweep.with_stats()
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": sum(values) / len(values),
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
-
-
-def _sweep_from_runs(runs: list[Run]) -> list[dict[str, Any]]:
+def _sweep_from_runs(runs: list[TrainingRun]) -> list[SweepSeries]:
     """Figure-4 data from run dirs (no sweep.json given): per preset, fixed cuts + baseline."""
-    by_preset: dict[str, list[Run]] = defaultdict(list)
+    by_preset: dict[str, list[TrainingRun]] = defaultdict(list)
     for r in runs:
         if r.final_val_loss is not None:
             by_preset[str(r.info.get("preset", "?"))].append(r)
     out = []
     for preset, rs in by_preset.items():
-        fixed = [r for r in rs if r.info.get("mode") == "fixed"]
-        if not fixed:
+        if not any(r.info.get("mode") == "fixed" for r in rs):
             continue
-        fake = {
-            "runs": [
-                {
-                    "mode": r.info.get("mode"),
-                    "cut_layer": r.info.get("cut_layer"),
-                    "final_val_loss": r.final_val_loss,
-                }
-                for r in rs
-            ]
-        }
-        summary = _sweep_summary(fake)
+        records = [
+            SweepRunRecord(
+                mode=r.info.get("mode"),
+                cut_layer=r.info.get("cut_layer"),
+                final_val_loss=r.final_val_loss,
+            )
+            for r in rs
+        ]
         gates = defaultdict(list)
         for r in rs:
-            if r.info.get("mode") in ("gate", "gate-hard", "scalar"):
-                gates[mode_label(r.info)].append(r.final_val_loss)
-        summary["gates"] = [{"label": k, "mean": sum(v) / len(v)} for k, v in gates.items()]
-        summary["label"] = f"{preset} (runs)"
-        out.append(summary)
+            if r.info.get("mode") in learned_modes():
+                gates[r.label].append(r.final_val_loss)
+        means = tuple((k, sum(v) / len(v)) for k, v in gates.items())
+        sweep = SweepResult(runs=records).with_stats()
+        out.append(SweepSeries(sweep, f"{preset} (runs)", means))
     return out
 
 
 def section_sweep(doc: Document, src: Sources, out: Path) -> None:
-    sweeps = []
-    for folder, data in src.sweeps:
-        s = _sweep_summary(data)
-        s["label"] = f"{data.get('preset', '')} {folder.name}".strip()
-        sweeps.append(s)
-    if not sweeps:
-        sweeps = _sweep_from_runs(src.runs)
-    if not sweeps or not figures.plot_sweeps(sweeps, out / "val_loss_vs_cut_layer.png"):
+    series = [
+        SweepSeries(_with_stats(sweep), f"{sweep.preset or ''} {folder.name}".strip())
+        for folder, sweep in src.sweeps
+    ]
+    if not series:
+        series = _sweep_from_runs(src.runs)
+    if not series or not plot_sweep(series, out / "val_loss_vs_cut_layer.png"):
         return
     doc.heading("Validation loss against the cut layer")
     doc.image(
@@ -324,30 +322,30 @@ def section_sweep(doc: Document, src: Sources, out: Path) -> None:
         "dash-dot: learned gates, where run directories were given.",
     )
     rows = []
-    for s in sweeps:
-        base = s.get("baseline")
-        for r in s.get("by_layer") or []:
-            delta = r["mean"] - base["mean"] if base else None
+    for s in series:
+        base = s.sweep.baseline
+        for r in s.sweep.by_layer:
+            delta = r.mean - base.mean if base else None
             rows.append(
                 [
-                    s["label"],
-                    str(r["cut_layer"]),
-                    str(r.get("n", 1)),
-                    fmt(r["mean"]),
+                    s.label,
+                    str(r.cut_layer),
+                    str(r.n or 1),
+                    fmt(r.mean),
                     fmt(delta) if delta is not None else "n/a",
                 ]
             )
         if base:
-            rows.append([s["label"], "baseline", str(base.get("n", 1)), fmt(base["mean"]), "0"])
+            rows.append([s.label, "baseline", str(base.n or 1), fmt(base.mean), "0"])
     doc.table(["sweep", "cut layer K", "seeds", "final val loss (mean)", "minus baseline"], rows)
 
 
 def section_gates(doc: Document, src: Sources, out: Path) -> None:
     runs = sorted(
         (r for r in src.runs if r.gate_history),
-        key=lambda r: (_mode_order(mode_label(r.info)), r.path.name),
+        key=lambda r: (_mode_order(r.label), r.name),
     )
-    if not runs or not figures.plot_gates(runs, out / "gate_p.png"):
+    if not runs or not plot_gate(runs, out / "gate_p.png"):
         return
     doc.heading("Where the gate learns to cut")
     doc.image(
@@ -361,8 +359,8 @@ def section_gates(doc: Document, src: Sources, out: Path) -> None:
         top = max(range(len(p)), key=p.__getitem__)
         rows.append(
             [
-                r.path.name,
-                mode_label(r.info),
+                r.name,
+                r.label,
                 str(step),
                 str(top + 1),
                 fmt(p[top], 3),
@@ -380,7 +378,7 @@ def _primary(metrics: set[str]) -> str | None:
 
 
 def section_benchmarks(doc: Document, src: Sources) -> None:
-    entries = [e for e in _entries(src) if e["evals"]]
+    entries = [e for e in _entries(src) if e.evals]
     if not entries:
         return
     doc.heading("Zero-shot benchmarks (lm-evaluation-harness)")
@@ -390,14 +388,12 @@ def section_benchmarks(doc: Document, src: Sources) -> None:
     task_metrics: dict[str, set[str]] = defaultdict(set)
     for key, es in groups.items():
         for e in es:
-            for ev in e["evals"]:
-                for row in ev.get("results", []):
-                    if row.get("is_group"):
+            for ev in e.evals:
+                for row in ev.results:
+                    if row.is_group:
                         continue
-                    cells[(key, row["task"], row["metric"], row["filter"])].append(
-                        (row["value"], row.get("stderr"))
-                    )
-                    task_metrics[row["task"]].add(row["metric"])
+                    cells[(key, row.task, row.metric, row.filter)].append((row.value, row.stderr))
+                    task_metrics[row.task].add(row.metric)
     tasks = sorted(task_metrics)
     primary = {t: _primary(task_metrics[t]) for t in tasks}
 
@@ -429,7 +425,7 @@ def section_benchmarks(doc: Document, src: Sources) -> None:
     ):
         full.append([key, task, metric, filt, str(len(vals)), cell(key, task, metric, filt)])
     doc.table(["residual mode", "task", "metric", "filter", "models", "value (95% CI)"], full)
-    limits = {str(ev.get("config", {}).get("limit")) for e in entries for ev in e["evals"]}
+    limits = {str(ev.config.get("limit")) for e in entries for ev in e.evals}
     if limits - {"None"}:
         doc.para(
             f"Note: evaluated with `--limit` {', '.join(sorted(limits))} documents per task "
@@ -440,14 +436,14 @@ def section_benchmarks(doc: Document, src: Sources) -> None:
 def section_environment(doc: Document, src: Sources) -> None:
     doc.heading("Environment and versions")
     rows = []
-    for folder, data in src.analyses:
-        rows.append([f"analyze: {folder.name}", _env(data.get("environment"))])
+    for folder, result in src.analyses:
+        rows.append([f"analyze: {folder.name}", _env(result.environment)])
     for run in src.runs:
         if run.environment:
             rows.append([f"run: {run.path.name}", _env(run.environment)])
     for e in _entries(src):
-        for ev in e["evals"]:
-            rows.append([f"eval: {e['name']}", _env(ev.get("environment"))])
+        for ev in e.evals:
+            rows.append([f"eval: {e.name}", _env(ev.environment)])
     from importlib.metadata import PackageNotFoundError, version
 
     def v(pkg: str) -> str:
@@ -498,4 +494,4 @@ def build_report(src: Sources, out: Path, inputs: list[str]) -> tuple[Path, Path
     return md, page
 
 
-__all__ = ["build_report", "run_info"]
+__all__ = ["build_report"]

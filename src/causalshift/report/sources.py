@@ -1,66 +1,46 @@
-"""Find and read result files: analyze `results.json`, `sweep.json`, run dirs, `eval.json`.
+"""Find result files and read them as records: analyze `results.json`, `sweep.json`, training
+runs (`config.json` + `metrics.jsonl`) and `eval.json`.
 
-Pure JSON reads: nothing here imports torch or transformers, or loads a model.
+Pure JSON reads (through causalshift.results): nothing here imports torch or transformers,
+or loads a model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from causalshift.errors import UserError
-from causalshift.io import read_jsonl_records
+from causalshift.results import (
+    EVAL_NAME,
+    METRICS_NAME,
+    RESULTS_NAME,
+    RUN_CONFIG_NAME,
+    SWEEP_NAME,
+    AnalyzeResult,
+    EvalResult,
+    SweepResult,
+    TrainingRun,
+)
 
-RESULTS = "results.json"  # causalshift analyze
-SWEEP = "sweep.json"  # causalshift sweep
-METRICS = "metrics.jsonl"  # causalshift train (with config.json)
-EVAL = "eval.json"  # causalshift eval
 SKIP_DIRS = {".git", "__pycache__", "figures", "tensorboard", ".venv", "node_modules"}
-
-
-@dataclass
-class Run:
-    """A training run directory: its config and metrics, plus evals that belong to it."""
-
-    path: Path
-    info: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    environment: dict[str, Any] | None = None
-
-    @property
-    def final_val_loss(self) -> float | None:
-        vals = [r["val_loss"] for r in self.metrics if _num(r.get("val_loss"))]
-        return vals[-1] if vals else None
-
-    @property
-    def tokens(self) -> int | None:
-        toks = [r["tokens"] for r in self.metrics if _num(r.get("tokens"))]
-        return toks[-1] if toks else None
-
-    @property
-    def gate_history(self) -> list[tuple[int, list[float]]]:
-        return [(r["step"], r["gate_p"]) for r in self.metrics if r.get("gate_p")]
 
 
 @dataclass
 class Sources:
     """Everything a report is built from."""
 
-    analyses: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
-    sweeps: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
-    runs: list[Run] = field(default_factory=list)
-    evals: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # unmatched ones
+    analyses: list[tuple[Path, AnalyzeResult]] = field(default_factory=list)
+    sweeps: list[tuple[Path, SweepResult]] = field(default_factory=list)
+    runs: list[TrainingRun] = field(default_factory=list)
+    evals: list[tuple[Path, EvalResult]] = field(default_factory=list)  # unmatched ones
 
     def empty(self) -> bool:
         return not (self.analyses or self.sweeps or self.runs or self.evals)
-
-
-def _num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -74,98 +54,55 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl; a partial last line (from a kill) is skipped."""
-    return read_jsonl_records(path)
-
-
-def run_info(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Residual mode, cut layer, alpha, seed, preset and depth from a config.json.
-
-    Reads a run directory's config (TrainConfig fields + "model": GPTConfig dict) or an
-    HF export's config (model_type gpt2 -> mode none; causalshift_gpt -> "causalshift").
-    """
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else None
-    if model is None and isinstance(cfg.get("causalshift"), dict):
-        model = cfg["causalshift"]
-    residual = (model or {}).get("residual")
-    residual = residual if isinstance(residual, dict) else {}
-    mode = cfg.get("residual") if isinstance(cfg.get("residual"), str) else None
-    mode = mode or residual.get("mode") or ("none" if cfg.get("model_type") == "gpt2" else None)
-    info: dict[str, Any] = {
-        "mode": mode,
-        "cut_layer": cfg.get("cut_layer", residual.get("cut_layer")),
-        "alpha": cfg.get("alpha", residual.get("alpha")),
-        "seed": cfg.get("seed"),
-        "preset": cfg.get("preset"),
-        "n_layer": (model or {}).get("n_layer", cfg.get("n_layer")),
-    }
-    return {k: v for k, v in info.items() if v is not None}
-
-
-def mode_label(info: dict[str, Any]) -> str:
-    """'baseline', 'fixed K=4', 'fixed K=4 (alpha=0.5)', 'gate', ... for tables and legends."""
-    mode = info.get("mode")
-    alpha = info.get("alpha")
-    if mode is None:
-        return "unknown"
-    if mode == "none":
-        return "baseline"
-    if mode == "fixed":
-        label = f"fixed K={info.get('cut_layer')}"
-        return label + (f" (alpha={alpha:g})" if _num(alpha) and alpha != 0 else "")
-    if mode in ("gate", "gate-hard"):
-        return mode + (f" (alpha={alpha:g})" if _num(alpha) and alpha != 0 else "")
-    return str(mode)
-
-
-def _walk(root: Path):
+def _walk(root: Path) -> Iterator[tuple[Path, set[str]]]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         yield Path(dirpath), set(filenames)
 
 
+def _read_folder(src: Sources, evals: list[tuple[Path, EvalResult]], folder: Path, names: set[str]):
+    """Add the result files among `names` in `folder` (evals are matched to runs later)."""
+    if RESULTS_NAME in names:
+        data = read_json(folder / RESULTS_NAME)
+        if isinstance(data.get("models"), list):
+            src.analyses.append((folder, AnalyzeResult.from_dict(data)))
+    if SWEEP_NAME in names:
+        src.sweeps.append((folder, SweepResult.from_dict(read_json(folder / SWEEP_NAME))))
+    if METRICS_NAME in names and RUN_CONFIG_NAME in names:
+        cfg = read_json(folder / RUN_CONFIG_NAME)
+        src.runs.append(TrainingRun.from_config(folder, cfg))
+    if EVAL_NAME in names:
+        data = read_json(folder / EVAL_NAME)
+        if isinstance(data.get("results"), list):
+            evals.append((folder, EvalResult.from_dict(data)))
+
+
 def find_sources(dirs: list[str | os.PathLike]) -> Sources:
-    """Walk `dirs` (recursively) for result files; a missing directory is a UserError."""
+    """Walk `dirs` (recursively) for result files; a missing directory is a UserError.
+
+    An eval.json goes with the training run it was made of (its folder, or the model path it
+    records); the others stay in `Sources.evals`."""
     src = Sources()
-    evals: list[tuple[Path, dict[str, Any]]] = []
+    evals: list[tuple[Path, EvalResult]] = []
     seen: set[Path] = set()
     for d in dirs:
         root = Path(d)
         if not root.exists():
             raise UserError(f"{root} not found")
-        if root.is_file():  # a single result file given directly
-            root, names = root.parent, {root.name}
-            walk = [(root, names)]
-        else:
-            walk = _walk(root)
+        # a single result file given directly: only that file of its folder
+        walk = [(root.parent, {root.name})] if root.is_file() else _walk(root)
         for folder, names in walk:
             folder = folder.resolve()
-            if folder in seen:
-                continue
-            seen.add(folder)
-            if RESULTS in names:
-                data = read_json(folder / RESULTS)
-                if isinstance(data.get("models"), list):
-                    src.analyses.append((folder, data))
-            if SWEEP in names:
-                src.sweeps.append((folder, read_json(folder / SWEEP)))
-            if METRICS in names and "config.json" in names:
-                cfg = read_json(folder / "config.json")
-                metrics = read_metrics(folder / METRICS)
-                env = cfg.get("environment") if isinstance(cfg.get("environment"), dict) else None
-                src.runs.append(Run(folder, run_info(cfg), metrics, environment=env))
-            if EVAL in names:
-                data = read_json(folder / EVAL)
-                if isinstance(data.get("results"), list):
-                    evals.append((folder, data))
+            if folder not in seen:
+                seen.add(folder)
+                _read_folder(src, evals, folder, names)
     by_path = {run.path: run for run in src.runs}
-    for folder, data in evals:
-        model_path = data.get("model", {}).get("path")
+    for folder, ev in evals:
+        model_path = ev.model.get("path") if isinstance(ev.model, dict) else None
         target = Path(model_path).resolve() if model_path else None
         run = by_path.get(folder) or (by_path.get(target) if target else None)
         if run is not None:
-            run.evals.append(data)
+            run.evals.append(ev)
         else:
-            src.evals.append((folder, data))
+            src.evals.append((folder, ev))
     return src

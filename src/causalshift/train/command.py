@@ -9,21 +9,27 @@ torchrun --standalone --nproc_per_node=8 -m causalshift train --preset gpt2-124m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from causalshift.config import add_config_arguments, config_overrides
 from causalshift.errors import UserError
+from causalshift.gpt.residual import get_mode
 from causalshift.io import read_json_object
 from causalshift.train.config import (
     PRESET_NAMES,
     TrainConfig,
+    cli_options,
+    flat_keys,
     load_config_file,
     preset,
 )
+
+if TYPE_CHECKING:
+    from causalshift.train.loop import Trainer
 
 DEFAULT_PRESET = "cpu-small"
 
@@ -47,19 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="No progress bar."
     )
-    add_config_arguments(parser, TrainConfig)
+    add_config_arguments(parser, cli_options())
 
 
-def mode_slug(cfg: TrainConfig) -> str:
-    """Short run-name part for the residual variant, e.g. `fixed-L4-a0`."""
-    if cfg.residual == "fixed":
-        return f"fixed-L{cfg.cut_layer}-a{cfg.alpha:g}"
-    return cfg.residual
+def _slug(cfg: TrainConfig) -> str:
+    """The residual variant's run-name part (`none`, `fixed-L4-a0`, `gate`, ...)."""
+    r = cfg.model.residual
+    return get_mode(r.mode).slug(r.cut_layer, r.alpha)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """preset -> --config FILE -> command line (or, with --resume, the run's config.json)."""
-    overrides = config_overrides(TrainConfig, args)
+    overrides = config_overrides(cli_options(), args)
     overrides.pop("preset", None)  # --preset picks the base config below
     if "cut_layer" in overrides and "residual" not in overrides:
         overrides["residual"] = "fixed"
@@ -73,7 +78,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
                 "--preset/--config do not combine with --resume: the run's config is used"
             )
         saved = read_json_object(Path(args.out) / "config.json", "nothing to resume:")
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        names = set(flat_keys())  # its "model", batch geometry, environment: derived
         base = TrainConfig.from_dict({k: v for k, v in saved.items() if k in names})
     else:
         base = preset(args.preset or DEFAULT_PRESET)
@@ -85,19 +90,53 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 def _quiet_openmp() -> None:
     """Idle OpenMP threads sleep instead of spinning (before torch loads its runtime).
 
-    On a CPU shared with other work, spinning threads made training steps 1.7x slower
-    here (2 cores, another busy process). Set OMP_WAIT_POLICY yourself to override.
+    On a CPU shared with other work, spinning threads steal cycles from the busy ones and
+    slow training steps down (docs/training.md). Set OMP_WAIT_POLICY yourself to override.
     """
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _run_dir(args: argparse.Namespace, cfg: TrainConfig, is_main: bool) -> Path:
+    """--out (or a time-stamped name, rank 0's); a new run clears a start that never
+    checkpointed and refuses a run that did."""
+    from causalshift import runtime
+    from causalshift.train.checkpoint import STATE_NAME
+    from causalshift.train.runlog import METRICS_NAME, SUMMARY_NAME
+
+    out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{_slug(cfg)}"
+    run_dir = Path(runtime.broadcast_object(out))
+    if not args.resume and (run_dir / STATE_NAME).exists():
+        raise UserError(
+            f"{run_dir} already holds a run with a checkpoint: pass --resume to continue "
+            "it, or choose another --out"
+        )
+    if not args.resume and is_main:  # a run that never checkpointed: start over
+        for stale in (METRICS_NAME, SUMMARY_NAME):
+            (run_dir / stale).unlink(missing_ok=True)
+    return run_dir
+
+
+def _banner(trainer: Trainer, resume: bool) -> str:
+    """The first line on stderr: what is trained, how, where."""
+    cfg, info = trainer.cfg, trainer.info
+    n = trainer.model.num_params()
+    return (
+        f"{'resuming' if resume else 'training'} {trainer.run_dir} at step {trainer.step}: "
+        f"{cfg.preset}, residual {_slug(cfg)}, {n / 1e6:.1f}M params, "
+        f"{trainer.global_batch} x {cfg.model.block_size} = {trainer.step_tokens:,} "
+        f"tokens/step ({cfg.batch_size} x {trainer.accum} accum x {info.world_size} procs), "
+        f"{cfg.max_steps} steps, {info.device}, "
+        f"{'bf16 autocast' if trainer.amp else 'float32'}"
+        f"{', compiled' if cfg.compile else ''}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     _quiet_openmp()
     import torch
 
-    from causalshift.train import distributed as D
-    from causalshift.train.checkpoint import STATE_NAME
+    from causalshift import runtime
     from causalshift.train.loop import Trainer
     from causalshift.train.prepare import resolve_data
 
@@ -105,41 +144,21 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    info = D.setup(cfg.device)
+    info = runtime.setup(cfg.device)
     try:
         cfg.grad_accum_for(info.world_size)  # batch divisibility, before any work
-        out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{mode_slug(cfg)}"
-        run_dir = Path(D.broadcast_object(out))
-        if not args.resume and (run_dir / STATE_NAME).exists():
-            raise UserError(
-                f"{run_dir} already holds a run with a checkpoint: pass --resume to continue "
-                "it, or choose another --out"
-            )
-        if not args.resume and info.is_main:  # a run that never checkpointed: start over
-            for stale in ("metrics.jsonl", "summary.json"):
-                (run_dir / stale).unlink(missing_ok=True)
-        if info.is_main:
+        run_dir = _run_dir(args, cfg, info.is_main)
+        if info.is_main:  # rank 0 prepares the data (once, cached), the others wait
             data_dir = resolve_data(cfg.data, progress=args.progress)
-        D.barrier()
+        runtime.barrier()
         if not info.is_main:
             data_dir = resolve_data(cfg.data, progress=False)
         trainer = Trainer(cfg, run_dir, data_dir, info, resume=args.resume, progress=args.progress)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             trainer.write_config()
-            n = trainer.model.num_params()
-            print(
-                f"{'resuming' if args.resume else 'training'} {run_dir} at step {trainer.step}: "
-                f"{cfg.preset}, residual {mode_slug(cfg)}, {n / 1e6:.1f}M params, "
-                f"{trainer.global_batch} x {cfg.block_size} = {trainer.step_tokens:,} tokens/step "
-                f"({cfg.batch_size} x {trainer.accum} accum x {info.world_size} procs), "
-                f"{cfg.max_steps} steps, {info.device}, "
-                f"{'bf16 autocast' if trainer.amp else 'float32'}"
-                f"{', compiled' if cfg.compile else ''}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(_banner(trainer, args.resume), file=sys.stderr, flush=True)
         return trainer.run()
     finally:
-        D.teardown()
+        runtime.teardown()
         torch.set_num_threads(threads)

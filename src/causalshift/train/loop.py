@@ -9,34 +9,35 @@ One optimizer step (step s -> s + 1):
     non-finite loss or grad norm -> stop *before* the update, keep the last checkpoint
     optimizer.step()
 
-After step s: a metrics record (every log_interval), validation (every eval_interval),
-a checkpoint (every checkpoint_interval), all on rank 0; the last step does all three.
-SIGINT/SIGTERM set a flag that all ranks see at the next step's all-reduce: they finish
-that step, save a checkpoint and exit with 128 + signal number.
+`Trainer.run` is a loop over named steps. After step s: validation (every eval_interval),
+a metrics record (every log_interval; `RunLog` in train/runlog.py owns metrics.jsonl,
+TensorBoard, the figures and summary.json), a checkpoint (every checkpoint_interval), all
+written on rank 0; the last step does all three. SIGINT/SIGTERM set a flag that all ranks
+see at the next step's all-reduce: they finish that step, save a checkpoint and exit with
+128 + signal number.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
-import os
-import platform
 import random
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from causalshift import runtime
 from causalshift.errors import UserError
-from causalshift.io import read_jsonl_records, write_json, write_text
-from causalshift.train import distributed as D
+from causalshift.io import write_json
+from causalshift.results import RUN_CONFIG_NAME
 from causalshift.train.checkpoint import (
     STATE_NAME,
     check_weights_file,
@@ -45,17 +46,11 @@ from causalshift.train.checkpoint import (
     save_state,
     set_rng_state,
 )
-from causalshift.train.config import TrainConfig
+from causalshift.train.config import TrainConfig, model_changes
 from causalshift.train.data import TokenSplit, TrainSampler, eval_windows, rank_slice, read_meta
+from causalshift.train.runlog import RunLog
 
-METRICS_NAME = "metrics.jsonl"
-CONFIG_NAME = "config.json"
-SUMMARY_NAME = "summary.json"
 WEIGHTS_NAME = "model.safetensors"
-# Fields that define the model: they cannot change when a run is resumed.
-MODEL_FIELDS = (
-    "n_layer n_head n_embd block_size vocab_size bias residual cut_layer alpha tau".split()
-)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -68,50 +63,22 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bf16 matmuls (AVX512-BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+# config.json's "environment": these keys in this order.
+ENVIRONMENT_FIELDS = (
+    "causalshift python torch numpy device device_name world_size autocast_dtype cpu_count "
+    "torch_threads"
+).split()
 
 
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `--dtype` (None: plain float32)."""
-    if name == "float32":
-        return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = cpu_has_bf16()
-    if name == "bfloat16":
-        return torch.bfloat16
-    return torch.bfloat16 if supported else None
-
-
-def environment(info: D.DistInfo, amp: torch.dtype | None) -> dict[str, Any]:
-    from causalshift import __version__
-
-    device_name = platform.processor() or platform.machine()
-    if info.device.type == "cuda":
-        device_name = torch.cuda.get_device_name(info.device)
-    return {
-        "causalshift": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "device": str(info.device),
-        "device_name": device_name,
-        "world_size": info.world_size,
-        "autocast_dtype": str(amp).replace("torch.", "") if amp else "float32",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
+def environment(info: runtime.DistInfo, amp: torch.dtype | None) -> dict[str, Any]:
+    """The versions and hardware recorded in config.json."""
+    return runtime.environment(
+        ENVIRONMENT_FIELDS,
+        device=str(info.device),
+        device_name=runtime.device_name(info.device),
+        world_size=info.world_size,
+        autocast_dtype=str(amp).replace("torch.", "") if amp else "float32",
+    )
 
 
 class _Signals:
@@ -137,50 +104,33 @@ class _Signals:
             signal.signal(s, h)
 
 
-class _TensorBoard:
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.writer = None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("tensorboard is not installed: --tensorboard ignored", file=sys.stderr)
-            return
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+@dataclass
+class _Meter:
+    """Training tokens and seconds; each process's first step (it compiles) is left out."""
 
-    def log(self, rec: dict[str, Any]) -> None:
-        if self.writer is None:
-            return
-        for key in ("train_loss", "val_loss", "lr", "tokens_per_second", "grad_norm"):
-            if rec.get(key) is not None:
-                self.writer.add_scalar(key, rec[key], rec["step"])
-        for i, p in enumerate(rec.get("gate_p") or []):
-            self.writer.add_scalar(f"gate_p/layer{i + 1}", p, rec["step"])
-        self.writer.flush()
+    warm: bool = False
+    tokens: int = 0
+    seconds: float = 0.0
+    interval_tokens: int = 0
+    interval_seconds: float = 0.0
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def add(self, tokens: int, seconds: float) -> None:
+        if self.warm:
+            self.tokens += tokens
+            self.seconds += seconds
+            self.interval_tokens += tokens
+            self.interval_seconds += seconds
+        self.warm = True
 
+    def interval_rate(self) -> float | None:
+        """Tokens/s since the last call (None: no timed step since)."""
+        rate = self.interval_tokens / self.interval_seconds if self.interval_seconds else None
+        self.interval_tokens, self.interval_seconds = 0, 0.0
+        return rate
 
-def _last_losses(path: Path) -> tuple[float | None, float | None]:
-    """The latest val and train loss in a metrics.jsonl (for a resumed run)."""
-    from causalshift.train.figures import read_metrics
-
-    val = train = None
-    for rec in read_metrics(path):
-        val = rec["val_loss"] if rec.get("val_loss") is not None else val
-        train = rec["train_loss"] if rec.get("train_loss") is not None else train
-    return val, train
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Keep the records up to `step` (a killed run may have logged past its checkpoint)."""
-    if not path.is_file():
-        return
-    keep = [json.dumps(rec) for rec in read_jsonl_records(path) if rec["step"] <= step]
-    write_text(path, "".join(k + "\n" for k in keep))
+    def rate(self) -> float | None:
+        """Tokens/s over the whole run."""
+        return self.tokens / self.seconds if self.seconds else None
 
 
 class Trainer:
@@ -191,7 +141,7 @@ class Trainer:
         cfg: TrainConfig,
         run_dir: Path,
         data_dir: Path,
-        info: D.DistInfo,
+        info: runtime.DistInfo,
         resume: bool = False,
         progress: bool = True,
     ) -> None:
@@ -201,27 +151,28 @@ class Trainer:
         self.device = info.device
         self.accum = cfg.grad_accum_for(info.world_size)
         self.global_batch = cfg.batch_size * self.accum * info.world_size  # sequences
-        self.step_tokens = self.global_batch * cfg.block_size
-        self.amp = autocast_dtype(cfg.dtype, self.device)
+        self.step_tokens = self.global_batch * cfg.model.block_size
+        self.amp = runtime.autocast_dtype(cfg.dtype, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
         meta = read_meta(data_dir)
-        if meta["vocab_size"] > cfg.vocab_size:
+        if meta["vocab_size"] > cfg.model.vocab_size:
             raise UserError(
                 f"data vocabulary ({meta['vocab_size']}) is larger than the model's "
-                f"({cfg.vocab_size})"
+                f"({cfg.model.vocab_size})"
             )
         self.data_dir, self.meta = Path(data_dir), meta
-        self.sampler = TrainSampler(TokenSplit(data_dir, "train"), cfg.block_size, cfg.seed)
+        T = cfg.model.block_size
+        self.sampler = TrainSampler(TokenSplit(data_dir, "train"), T, cfg.seed)
         self.val = TokenSplit(data_dir, "val")
-        self.val_starts = eval_windows(self.val, cfg.block_size, cfg.eval_iters * self.global_batch)
+        self.val_starts = eval_windows(self.val, T, cfg.eval_iters * self.global_batch)
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.model = GPT(cfg.model_config()).to(self.device)
+        self.model = GPT(cfg.model).to(self.device)
         self.optimizer = self.model.configure_optimizer(
             cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), cfg.peak_gate_lr, self.device.type
         )
@@ -254,8 +205,7 @@ class Trainer:
     def _restore(self) -> None:
         state = load_state(self.run_dir)
         check_weights_file(self.run_dir / WEIGHTS_NAME)
-        saved = state["config"]
-        changed = [k for k in MODEL_FIELDS if saved.get(k) != getattr(self.cfg, k)]
+        changed = model_changes(state["config"], self.cfg.model)
         if changed:
             raise UserError(f"cannot change {', '.join(changed)} when resuming {self.run_dir}")
         # Hyperparameters come from the (possibly changed) config, not the checkpoint.
@@ -278,7 +228,7 @@ class Trainer:
         from causalshift.gpt.io import save_model
 
         finite = bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())
-        rngs = D.gather_objects(rng_state())
+        rngs = runtime.gather_objects(rng_state())
         if finite and self.info.is_main:
             save_model(self.model, self.run_dir)
             save_state(
@@ -294,7 +244,7 @@ class Trainer:
                     "global_batch": self.global_batch,
                 },
             )
-        D.barrier()
+        runtime.barrier()
         if finite:
             self.last_checkpoint = self.step
         return finite
@@ -320,7 +270,7 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean loss over the fixed validation windows (all ranks, all-reduced)."""
         self.model.eval()
-        B, T = self.cfg.batch_size, self.cfg.block_size
+        B, T = self.cfg.batch_size, self.cfg.model.block_size
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         n_micro = self.cfg.eval_iters * self.accum
         for micro in range(n_micro):
@@ -331,7 +281,7 @@ class Trainer:
             with self._autocast():
                 _, loss = self.eval_model(x, y, return_logits=False)
             total += loss.double()
-        D.all_reduce_sum(total)
+        runtime.all_reduce_sum(total)
         self.model.train()
         return float(total) / (n_micro * self.info.world_size)
 
@@ -371,7 +321,7 @@ class Trainer:
                 torch.tensor(float(stop_flag), device=self.device),
             ]
         ).double()
-        D.all_reduce_sum(stats)
+        runtime.all_reduce_sum(stats)
         loss_v, norm_v, stop = (stats / info.world_size).tolist()
         if math.isfinite(loss_v) and math.isfinite(norm_v):
             self.optimizer.step()
@@ -379,16 +329,14 @@ class Trainer:
         return loss_v, norm_v, stop > 0
 
     def run(self) -> int:
+        """Train to max_steps: a loop of named steps. Returns the exit code (0, 1 on a
+        non-finite loss, 128 + signal number after SIGINT/SIGTERM)."""
         from tqdm.auto import tqdm
 
         cfg, main = self.cfg, self.info.is_main
-        metrics_path = self.run_dir / METRICS_NAME
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _trim_metrics(metrics_path, self.step)
-        D.barrier()
-        tb = _TensorBoard(self.run_dir, cfg.tensorboard and main)
-        metrics = open(metrics_path, "a", encoding="utf-8") if main else None
+        log = RunLog(self.run_dir, main=main, tensorboard=cfg.tensorboard)
+        log.open(self.step)
+        runtime.barrier()
         bar = tqdm(
             total=cfg.max_steps,
             initial=self.step,
@@ -397,142 +345,117 @@ class Trainer:
             disable=not (main and self.progress),
             dynamic_ncols=True,
         )
-        t_start = time.perf_counter()
-        tokens_run, train_seconds = 0, 0.0
-        pending: list[float] = []  # train losses since the last record
-        last_val, last_train = _last_losses(metrics_path) if main else (None, None)
-        code = 0
-
-        def record(val_loss: float | None, tok_s: float | None, norm: float | None) -> None:
-            gate, alpha = self._residual_stats()
-            rec = {
-                "step": self.step,
-                "tokens": self.step * self.step_tokens,
-                "train_loss": round(sum(pending) / len(pending), 6) if pending else None,
-                "val_loss": None if val_loss is None else round(val_loss, 6),
-                "lr": cfg.lr * lr_factor(self.step - 1, cfg) if self.step else None,
-                "tokens_per_second": None if tok_s is None else round(tok_s, 1),
-                "grad_norm": None if norm is None else round(norm, 6),
-                "gate_p": gate,
-                "alpha": alpha,
-                "epoch": round(self.sampler.epoch_of(self.position), 4),
-                "elapsed": round(time.perf_counter() - t_start, 2),
-            }
-            pending.clear()
-            if main:
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                tb.log(rec)
-
-        def figures() -> None:
-            if main:
-                from causalshift.train.figures import run_figures
-
-                run_figures(self.run_dir)
-
+        meter, code = _Meter(), None
         try:
             with _Signals() as signals:
-                if self.step == 0 and self.last_checkpoint is None:
-                    last_val = self.evaluate()
-                    record(last_val, None, None)
-                if main and cfg.compile and self.step < cfg.max_steps:
-                    bar.write("compiling the model: the first step takes a while")
-                interval_tokens, interval_seconds, warm = 0, 0.0, False
-                while self.step < cfg.max_steps:
-                    t0 = time.perf_counter()
-                    loss, norm, stop = self.train_step(signals.signum)
-                    if not (math.isfinite(loss) and math.isfinite(norm)):
-                        where = (
-                            f"the last good checkpoint (step {self.last_checkpoint}) is in "
-                            f"{self.run_dir}"
-                            if self.last_checkpoint is not None
-                            else "no checkpoint had been written yet"
-                        )
-                        bad = loss if not math.isfinite(loss) else norm
-                        what = "loss" if not math.isfinite(loss) else "gradient norm"
-                        if main:
-                            bar.close()
-                            print(
-                                f"causalshift train: error: non-finite {what} ({bad}) at step "
-                                f"{self.step + 1}: training stopped, nothing was updated; {where} "
-                                "(try a lower --lr)",
-                                file=sys.stderr,
-                                flush=True,
-                            )
-                        code = 1
-                        break
-                    self.step += 1
-                    self.position += self.global_batch
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    dt = time.perf_counter() - t0
-                    if warm:  # the first step of a process compiles: not in tokens/s
-                        interval_tokens += self.step_tokens
-                        interval_seconds += dt
-                        tokens_run += self.step_tokens
-                        train_seconds += dt
-                    warm = True
-                    pending.append(loss)
-                    last_train = loss
-                    last = self.step == cfg.max_steps
-                    do_eval = self.step % cfg.eval_interval == 0 or last
-                    do_log = self.step % cfg.log_interval == 0 or do_eval or stop
-                    val = self.evaluate() if do_eval else None
-                    if val is not None:
-                        last_val = val
-                        if main:
-                            bar.write(f"step {self.step}: val loss {val:.4f}")
-                    if do_log:
-                        tok_s = interval_tokens / interval_seconds if interval_seconds else None
-                        record(val, tok_s, norm)
-                        interval_tokens, interval_seconds = 0, 0.0
-                        bar.set_postfix(
-                            loss=f"{loss:.3f}",
-                            val=f"{last_val:.3f}" if last_val is not None else "-",
-                            tok_s=f"{tok_s:,.0f}" if tok_s else "-",
-                        )
-                    bar.update(1)
-                    if self.step % cfg.checkpoint_interval == 0 or last or stop:
-                        if not self.save_checkpoint() and main:
-                            bar.write(f"step {self.step}: weights not finite, checkpoint skipped")
-                    if do_eval:
-                        figures()
-                    if stop:
-                        name = signal.Signals(signals.signum).name if signals.signum else "signal"
-                        if main:
-                            bar.close()
-                            print(
-                                f"causalshift train: {name}: checkpoint saved at step {self.step} "
-                                f"in {self.run_dir}; continue with --resume --out {self.run_dir}",
-                                file=sys.stderr,
-                                flush=True,
-                            )
-                        code = 128 + (signals.signum or signal.SIGTERM)
-                        break
+                self._start(log, bar)
+                while code is None and self.step < cfg.max_steps:
+                    code = self._iteration(signals, log, bar, meter)
         finally:
             bar.close()
-            tb.close()
-            if metrics is not None:
-                metrics.close()
-        if code == 0 and main:
-            figures()
-            write_json(
-                self.run_dir / SUMMARY_NAME,
-                {
-                    "finished": True,
-                    "step": self.step,
-                    "tokens": self.step * self.step_tokens,
-                    "final_val_loss": last_val,
-                    "final_train_loss": last_train,
-                    "seconds": round(time.perf_counter() - t_start, 2),
-                    "train_tokens_per_second": round(tokens_run / train_seconds, 1)
-                    if train_seconds
-                    else None,
-                },
+            log.close()
+        if code is None:
+            log.finish(self.step, self.step * self.step_tokens, meter.rate())
+        return code or 0
+
+    def _start(self, log: RunLog, bar: Any) -> None:
+        """A fresh run records its untrained validation loss as step 0."""
+        if self.step == 0 and self.last_checkpoint is None:
+            self._record(log, self.evaluate(), None, None)
+        if self.info.is_main and self.cfg.compile and self.step < self.cfg.max_steps:
+            bar.write("compiling the model: the first step takes a while")
+
+    def _iteration(self, signals: _Signals, log: RunLog, bar: Any, meter: _Meter) -> int | None:
+        """One optimizer step and what follows it; an exit code ends the run."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        loss, norm, stop = self.train_step(signals.signum)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            return self._nonfinite_stop(loss, norm, bar)
+        self.step += 1
+        self.position += self.global_batch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        meter.add(self.step_tokens, time.perf_counter() - t0)
+        log.train_loss(loss)
+        last = self.step == cfg.max_steps
+        do_eval = self.step % cfg.eval_interval == 0 or last
+        if do_eval or stop or self.step % cfg.log_interval == 0:
+            self._eval_and_log(do_eval, loss, norm, log, bar, meter)
+        bar.update(1)
+        if self.step % cfg.checkpoint_interval == 0 or last or stop:
+            self._checkpoint(bar)
+        if do_eval:
+            log.figures()
+        return self._signal_stop(signals.signum, bar) if stop else None
+
+    def _eval_and_log(
+        self, do_eval: bool, loss: float, norm: float, log: RunLog, bar: Any, meter: _Meter
+    ) -> None:
+        """Validation (if due) and a metrics record; the progress bar shows both."""
+        val = self.evaluate() if do_eval else None
+        if val is not None and self.info.is_main:
+            bar.write(f"step {self.step}: val loss {val:.4f}")
+        tok_s = meter.interval_rate()
+        self._record(log, val, tok_s, norm)
+        bar.set_postfix(
+            loss=f"{loss:.3f}",
+            val=f"{log.last_val:.3f}" if log.last_val is not None else "-",
+            tok_s=f"{tok_s:,.0f}" if tok_s else "-",
+        )
+
+    def _record(
+        self, log: RunLog, val: float | None, tok_s: float | None, norm: float | None
+    ) -> None:
+        gate, alpha = self._residual_stats()
+        log.record(
+            step=self.step,
+            tokens=self.step * self.step_tokens,
+            val_loss=val,
+            lr=self.cfg.lr * lr_factor(self.step - 1, self.cfg) if self.step else None,
+            tokens_per_second=tok_s,
+            grad_norm=norm,
+            gate_p=gate,
+            alpha=alpha,
+            epoch=self.sampler.epoch_of(self.position),
+        )
+
+    def _checkpoint(self, bar: Any) -> None:
+        if not self.save_checkpoint() and self.info.is_main:
+            bar.write(f"step {self.step}: weights not finite, checkpoint skipped")
+
+    def _nonfinite_stop(self, loss: float, norm: float, bar: Any) -> int:
+        """Nothing was updated: say where the last good checkpoint is; exit code 1."""
+        where = (
+            f"the last good checkpoint (step {self.last_checkpoint}) is in {self.run_dir}"
+            if self.last_checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
+        bad = loss if not math.isfinite(loss) else norm
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        if self.info.is_main:
+            bar.close()
+            print(
+                f"causalshift train: error: non-finite {what} ({bad}) at step "
+                f"{self.step + 1}: training stopped, nothing was updated; {where} "
+                "(try a lower --lr)",
+                file=sys.stderr,
+                flush=True,
             )
-            shown = "-" if last_val is None else f"{last_val:.4f}"
-            print(f"done: step {self.step}, val loss {shown}, run dir {self.run_dir}", flush=True)
-        return code
+        return 1
+
+    def _signal_stop(self, signum: int, bar: Any) -> int:
+        """After SIGINT/SIGTERM (the checkpoint is saved): exit code 128 + signal number."""
+        name = signal.Signals(signum).name if signum else "signal"
+        if self.info.is_main:
+            bar.close()
+            print(
+                f"causalshift train: {name}: checkpoint saved at step {self.step} "
+                f"in {self.run_dir}; continue with --resume --out {self.run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return 128 + (signum or signal.SIGTERM)
 
     def write_config(self) -> None:
         """config.json: the TrainConfig, the model config, batch geometry, environment."""
@@ -549,4 +472,4 @@ class Trainer:
             "global_batch_tokens": self.step_tokens,
             "environment": environment(self.info, self.amp),
         }
-        write_json(self.run_dir / CONFIG_NAME, doc)
+        write_json(self.run_dir / RUN_CONFIG_NAME, doc)

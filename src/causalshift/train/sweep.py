@@ -1,7 +1,10 @@
 """`causalshift sweep`: the baseline and a fixed cut at each layer, per seed (paper figure 4).
 
 Each run is a `causalshift train` subprocess in OUT/<name> (e.g. OUT/none-s1,
-OUT/fixed-L4-a0-s1). On CPU the runs go one after another; with `--devices
+OUT/fixed-L4-a0-s1), given its whole TrainConfig as data: the sweep resolves it (preset ->
+--config -> the run's residual variant, seed, data, steps and device) and passes it as a
+JSON `--config` file; `--train-args` (the user's own options) follow on its command line. On
+CPU the runs go one after another; with `--devices
 cuda:0,cuda:1,...` one run per GPU at a time, in parallel (logs in OUT/<name>/train.log).
 A finished run (summary.json) is skipped and an interrupted one resumed, so re-running
 the same command continues a sweep. Writes OUT/sweep.json and
@@ -11,13 +14,13 @@ OUT/val_loss_vs_cut_layer.png.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -26,15 +29,23 @@ from typing import Any
 
 from causalshift.config import int_list, str_list
 from causalshift.errors import UserError
+from causalshift.figures import SweepSeries, plot_sweep
+from causalshift.figures.sweep import FILE_NAME as FIGURE_NAME
+from causalshift.gpt.residual import get_mode
 from causalshift.io import write_json
-from causalshift.train.config import PRESET_NAMES, preset
-
-SWEEP_NAME = "sweep.json"
-FIGURE_NAME = "val_loss_vs_cut_layer.png"
+from causalshift.results import SWEEP_NAME, SweepResult, SweepRunRecord, read_summary
+from causalshift.train.config import (
+    PRESET_NAMES,
+    TrainConfig,
+    load_config_file,
+    preset,
+)
 
 
 @dataclass(frozen=True)
 class SweepRun:
+    """One run of the sweep: the baseline (mode none) or a fixed cut, and its seed."""
+
     mode: str  # none | fixed
     cut_layer: int | None
     alpha: float
@@ -42,15 +53,14 @@ class SweepRun:
 
     @property
     def name(self) -> str:
-        if self.mode == "none":
-            return f"none-s{self.seed}"
-        return f"fixed-L{self.cut_layer}-a{self.alpha:g}-s{self.seed}"
+        return f"{get_mode(self.mode).slug(self.cut_layer, self.alpha)}-s{self.seed}"
 
-    def train_args(self) -> list[str]:
-        args = ["--residual", self.mode, "--seed", str(self.seed)]
+    def config(self, base: TrainConfig) -> TrainConfig:
+        """`base` with this run's residual variant and seed (the rest of the model kept)."""
+        changes: dict[str, Any] = {"residual": self.mode, "seed": self.seed}
         if self.mode == "fixed":
-            args += ["--cut-layer", str(self.cut_layer), "--alpha", repr(self.alpha)]
-        return args
+            changes.update(cut_layer=self.cut_layer, alpha=self.alpha)
+        return base.replace(**changes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,13 +92,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def plan(args: argparse.Namespace) -> list[SweepRun]:
+def base_config(args: argparse.Namespace) -> TrainConfig:
+    """The sweep's config before each run's own: preset -> --config FILE."""
     cfg = preset(args.preset)
-    n_layer = cfg.n_layer
     if args.config:
-        from causalshift.train.config import TrainConfig, load_config_file
+        cfg = TrainConfig.from_dict(load_config_file(args.config), cfg)
+    return cfg
 
-        n_layer = TrainConfig.from_dict(load_config_file(args.config), cfg).n_layer
+
+def plan(args: argparse.Namespace) -> list[SweepRun]:
+    n_layer = base_config(args).model.n_layer
     if args.layers.strip() == "all":
         layers = list(range(1, n_layer + 1))
     else:
@@ -123,61 +136,122 @@ def _status(run_dir: Path) -> str:
     return "new"
 
 
-def _final(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _command(args: argparse.Namespace, run: SweepRun, run_dir: Path, device: str) -> list[str]:
-    cmd = [sys.executable, "-m", "causalshift", "train", "--out", str(run_dir), "--device", device]
-    if _status(run_dir) == "resume":
-        cmd.append("--resume")
+def _command(
+    args: argparse.Namespace, run: SweepRun, run_dir: Path, device: str, config_file: Path
+) -> list[str]:
+    """The `causalshift train` command of `run`; a new run's config goes to `config_file`."""
+    cmd = [sys.executable, "-m", "causalshift", "train", "--out", str(run_dir)]
+    if _status(run_dir) == "resume":  # the run's config.json holds its config
+        cmd += ["--resume", "--device", device]
+        if args.max_steps is not None:
+            cmd += ["--max-steps", str(args.max_steps)]
     else:
-        cmd += ["--preset", args.preset, *run.train_args()]
-        if args.config:
-            cmd += ["--config", args.config]
-        cmd += ["--data", args.data_dir]
-    if args.max_steps is not None:
-        cmd += ["--max-steps", str(args.max_steps)]
-    cmd += shlex.split(args.train_args)
-    return cmd
+        changes: dict[str, Any] = {"data": args.data_dir, "device": device}
+        if args.max_steps is not None:
+            changes["max_steps"] = args.max_steps
+        write_json(config_file, run.config(base_config(args)).replace(**changes).to_dict())
+        cmd += ["--config", str(config_file)]
+    return cmd + shlex.split(args.train_args)
 
 
-def _result(run: SweepRun, run_dir: Path, status: str) -> dict[str, Any]:
-    final = _final(run_dir)
-    return {
-        "name": run.name,
-        "mode": run.mode,
-        "cut_layer": run.cut_layer,
-        "alpha": run.alpha,
-        "seed": run.seed,
-        "final_val_loss": final.get("final_val_loss"),
-        "tokens": final.get("tokens"),
-        "seconds": final.get("seconds"),
-        "run_dir": str(run_dir),
-        "status": status,
-    }
+def _result(run: SweepRun, run_dir: Path, status: str) -> SweepRunRecord:
+    final = read_summary(run_dir)
+    return SweepRunRecord(
+        name=run.name,
+        mode=run.mode,
+        cut_layer=run.cut_layer,
+        alpha=run.alpha,
+        seed=run.seed,
+        final_val_loss=final.final_val_loss if final else None,
+        tokens=final.tokens if final else None,
+        seconds=final.seconds if final else None,
+        run_dir=str(run_dir),
+        status=status,
+    )
 
 
-def write_sweep(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
-    from causalshift.train.figures import plot_sweep, sweep_summary
-
+def write_sweep(args: argparse.Namespace, results: list[SweepRunRecord]) -> SweepResult:
+    """sweep.json (the runs so far and their statistics) and its figure."""
     out = Path(args.out)
-    doc = {
-        "schema_version": 1,
-        "preset": args.preset,
-        "alpha": args.alpha,
-        "seeds": list(args.seeds),
-        "max_steps": args.max_steps,
-        "data": args.data_dir,
-        "runs": sorted(results, key=lambda r: (r["seed"], r["cut_layer"] or 0)),
-        **sweep_summary(results),
-    }
-    write_json(out / SWEEP_NAME, doc)
-    plot_sweep(doc, out / FIGURE_NAME)
-    return doc
+    sweep = SweepResult(
+        preset=args.preset,
+        alpha=args.alpha,
+        seeds=list(args.seeds),
+        max_steps=args.max_steps,
+        data=args.data_dir,
+        runs=sorted(results, key=lambda r: (r.seed, r.cut_layer or 0)),
+    ).with_stats()
+    sweep.write(out)
+    plot_sweep([SweepSeries(sweep)], out / FIGURE_NAME)
+    return sweep
+
+
+class _Runner:
+    """Runs the sweep's pending runs, one per device at a time, and keeps sweep.json current."""
+
+    def __init__(self, args: argparse.Namespace, runs: list[SweepRun], devices: list[str]):
+        self.args, self.runs, self.devices = args, runs, devices
+        self.out = Path(args.out)
+        self.todo: queue.Queue = queue.Queue()
+        self.results: dict[str, SweepRunRecord] = {}
+        self.lock = threading.Lock()
+        for r in runs:
+            run_dir = self.out / r.name
+            if _status(run_dir) == "finished":
+                self.results[r.name] = _result(r, run_dir, "finished")
+            else:
+                if _status(run_dir) == "new" and run_dir.exists():
+                    shutil.rmtree(run_dir)  # started but never checkpointed: start over
+                self.todo.put(r)
+
+    def run_all(self) -> SweepResult:
+        """Every pending run (a thread per device); the final sweep.json document."""
+        threads = [threading.Thread(target=self.worker, args=(d,)) for d in self.devices]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for r in self.runs:  # not started (the sweep was interrupted)
+            self.results.setdefault(r.name, _result(r, self.out / r.name, "pending"))
+        return write_sweep(self.args, list(self.results.values()))
+
+    def worker(self, device: str) -> None:
+        while True:
+            try:
+                r = self.todo.get_nowait()
+            except queue.Empty:
+                return
+            code = self.run_one(r, device)
+            if code in (130, 143, -2, -15):  # interrupted: stop the sweep
+                while not self.todo.empty():
+                    self.todo.get_nowait()
+                return
+
+    def run_one(self, r: SweepRun, device: str) -> int:
+        """`causalshift train` for `r` on `device`; returns its exit code."""
+        run_dir = self.out / r.name
+        total = len(self.runs)
+        with self.lock:
+            print(f"[{len(self.results) + 1}/{total}] {r.name} on {device}", flush=True)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="causalshift-sweep-") as tmp:
+            cmd = _command(self.args, r, run_dir, device, Path(tmp) / "config.json")
+            env = dict(os.environ)
+            if len(self.devices) > 1:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                with open(run_dir / "train.log", "a", encoding="utf-8") as log:
+                    code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            else:
+                code = subprocess.call(cmd, env=env)
+        status = "finished" if code == 0 and _status(run_dir) == "finished" else "failed"
+        with self.lock:
+            self.results[r.name] = _result(r, run_dir, status)
+            write_sweep(self.args, list(self.results.values()))
+            loss = self.results[r.name].final_val_loss
+            shown = f"val loss {loss:.4f}" if loss is not None else f"exit code {code}"
+            took = time.perf_counter() - t0
+            print(f"  {r.name}: {status}, {shown}, {took:.0f} s", flush=True)
+        return code
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,69 +263,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--devices must be cpu or cuda:0,cuda:1,..., got {args.devices}")
     if "cpu" in devices and len(devices) > 1:
         raise UserError("--devices cpu runs in sequence: do not mix it with GPUs")
-    base = preset(args.preset)
-    args.data_dir = str(resolve_data(args.data if args.data is not None else base.data))
+    # The preset's data unless --data (a --config file's "data" is not used: as before).
+    data = args.data if args.data is not None else preset(args.preset).data
+    args.data_dir = str(resolve_data(data))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    todo: queue.Queue = queue.Queue()
-    results: dict[str, dict[str, Any]] = {}
-    for r in runs:
-        run_dir = out / r.name
-        if _status(run_dir) == "finished":
-            results[r.name] = _result(r, run_dir, "finished")
-        else:
-            if _status(run_dir) == "new" and run_dir.exists():
-                shutil.rmtree(run_dir)  # started but never checkpointed: start over
-            todo.put(r)
-    total, lock = len(runs), threading.Lock()
+    runner = _Runner(args, runs, devices)
+    total = len(runs)
     print(
-        f"sweep {out}: {total} runs ({total - todo.qsize()} already finished) on "
+        f"sweep {out}: {total} runs ({total - runner.todo.qsize()} already finished) on "
         f"{', '.join(devices)}",
         flush=True,
     )
-    parallel = len(devices) > 1
-
-    def worker(device: str) -> None:
-        while True:
-            try:
-                r = todo.get_nowait()
-            except queue.Empty:
-                return
-            run_dir = out / r.name
-            cmd = _command(args, r, run_dir, device)
-            with lock:
-                print(f"[{len(results) + 1}/{total}] {r.name} on {device}", flush=True)
-            t0 = time.perf_counter()
-            env = dict(os.environ)
-            if parallel:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                with open(run_dir / "train.log", "a", encoding="utf-8") as log:
-                    code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            else:
-                code = subprocess.call(cmd, env=env)
-            status = "finished" if code == 0 and _status(run_dir) == "finished" else "failed"
-            with lock:
-                results[r.name] = _result(r, run_dir, status)
-                write_sweep(args, list(results.values()))
-                loss = results[r.name]["final_val_loss"]
-                shown = f"val loss {loss:.4f}" if loss is not None else f"exit code {code}"
-                took = time.perf_counter() - t0
-                print(f"  {r.name}: {status}, {shown}, {took:.0f} s", flush=True)
-            if code in (130, 143, -2, -15):  # interrupted: stop the sweep
-                while not todo.empty():
-                    todo.get_nowait()
-                return
-
-    threads = [threading.Thread(target=worker, args=(d,)) for d in devices]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for r in runs:  # not started (the sweep was interrupted)
-        results.setdefault(r.name, _result(r, out / r.name, "pending"))
-    doc = write_sweep(args, list(results.values()))
-    failed = [r["name"] for r in doc["runs"] if r["status"] != "finished"]
+    sweep = runner.run_all()
+    failed = [r.name for r in sweep.runs if r.status != "finished"]
     print(f"wrote {out / SWEEP_NAME} and {out / FIGURE_NAME}", flush=True)
     if failed:
         print(f"causalshift sweep: {len(failed)} run(s) did not finish: {', '.join(failed)}")

@@ -1,0 +1,61 @@
+"""What every figure shares: matplotlib without a display, one resolution, atomic saves,
+and the per-layer curves of an analysis (top-k match and similarity plot them alike)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from causalshift.io import atomic_write
+from causalshift.results import ModelResult
+
+DPI = 120
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend: figures are files, never windows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: Any, path: Path) -> Path:
+    """Write `fig` to `path` as PNG (atomically: a reader never sees half a file), close it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight"))
+    pyplot().close(fig)
+    return path
+
+
+def model_labels(models: Sequence[ModelResult], labels: Sequence[str] | None) -> list[str]:
+    """The legend label of each model: the given labels, else the models' names."""
+    return list(labels) if labels is not None else [m.name for m in models]
+
+
+def depth_axis(models: Sequence[ModelResult]) -> tuple[bool, str]:
+    """Relative depth (layer / L) when the models differ in depth, so that their curves
+    share one axis; the plain layer index otherwise."""
+    depths = {m.num_layers for m in models}
+    return (True, "relative depth (layer / L)") if len(depths) > 1 else (False, "layer")
+
+
+def layer_xs(model: ModelResult, normalize: bool) -> list[float]:
+    depth = max(int(model.num_layers or 1), 1)
+    return [r.layer / depth if normalize else r.layer for r in model.layers]
+
+
+def layer_line(
+    ax: Any, xs: list[float], model: ModelResult, metric: str, color: Any, style: str, label: str
+) -> None:
+    """One metric of a model against depth, with its 95% band where every layer has one; a
+    metric some layer lacks is not drawn."""
+    ys = [r.value(metric) for r in model.layers]
+    if any(y is None for y in ys):
+        return
+    ax.plot(xs, ys, style, color=color, label=label, lw=1.6, ms=3)
+    ci = [r.interval(metric) for r in model.layers]
+    if all(c is not None for c in ci):
+        ax.fill_between(xs, [c[0] for c in ci], [c[1] for c in ci], color=color, alpha=0.15, lw=0)

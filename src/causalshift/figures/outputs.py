@@ -1,0 +1,31 @@
+"""The figures a command writes next to its results: an analysis' two, a training run's
+figures/ folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from causalshift.figures import gate, loss, similarity, topk
+from causalshift.results import AnalyzeResult, read_run
+
+RUN_FIGURES_DIR = "figures"
+
+
+def analyze_figures(result: AnalyzeResult, out: Path) -> list[Path]:
+    """topk_match.png and similarity.png of an analysis, in `out`."""
+    made = [
+        topk.plot_topk(result.models, out / topk.FILE_NAME),
+        similarity.plot_similarity(result.models, out / similarity.FILE_NAME),
+    ]
+    return [p for p in made if p is not None]
+
+
+def run_figures(run_dir: Path) -> list[Path]:
+    """(Re)draw a training run's figures/ (loss.png; gate_p.png for a gate) from its files."""
+    run = read_run(run_dir)
+    folder = Path(run_dir) / RUN_FIGURES_DIR
+    made = [
+        loss.plot_loss(run, folder / loss.FILE_NAME),
+        gate.plot_gate([run], folder / gate.FILE_NAME),
+    ]
+    return [p for p in made if p is not None]

@@ -1,0 +1,40 @@
+"""Paper figure 3: cosine of the hidden state to the token embeddings, and the projection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from causalshift.figures.common import depth_axis, layer_line, layer_xs, model_labels, pyplot, save
+from causalshift.results import ModelResult
+
+FILE_NAME = "similarity.png"
+
+
+def plot_similarity(
+    models: Sequence[ModelResult], path: Path, labels: Sequence[str] | None = None
+) -> Path | None:
+    """Cosine to the input and output embeddings (a random token: chance level) and the
+    normalized projection on the input->output axis, by depth; None without models."""
+    if not models:
+        return None
+    plt = pyplot()
+    normalize, xlabel = depth_axis(models)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.get_cmap("tab10")
+    for i, (m, name) in enumerate(zip(models, model_labels(models, labels), strict=True)):
+        xs, c = layer_xs(m, normalize), colors(i % 10)
+        layer_line(ax1, xs, m, "cos_input", c, "--", f"{name}: input")
+        layer_line(ax1, xs, m, "cos_output", c, "-o", f"{name}: output")
+        layer_line(ax1, xs, m, "cos_random", c, ":", f"{name}: random token")
+        layer_line(ax2, xs, m, "projection", c, "-o", name)
+    ax1.set_title("cosine similarity of N(h) to token embeddings")
+    ax1.set_ylabel("cosine")
+    ax2.set_title("projection on the input->output axis")
+    ax2.set_ylabel("p (0 = input token, 1 = output token)")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax2.axhline(0.5, color="gray", lw=0.8, ls=":")
+    return save(fig, path)

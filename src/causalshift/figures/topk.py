@@ -1,0 +1,38 @@
+"""Paper figure 2: top-k match of the decoded hidden state with the input and output token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from causalshift.figures.common import depth_axis, layer_line, layer_xs, model_labels, pyplot, save
+from causalshift.results import ModelResult, common_topk_ks
+
+FILE_NAME = "topk_match.png"
+
+
+def plot_topk(
+    models: Sequence[ModelResult], path: Path, labels: Sequence[str] | None = None
+) -> Path | None:
+    """Input (dashed) vs output (solid) top-k match by depth, one panel per k; None when
+    there is nothing to draw."""
+    ks = common_topk_ks(models)
+    if not models or not ks:
+        return None
+    plt = pyplot()
+    normalize, xlabel = depth_axis(models)
+    names = model_labels(models, labels)
+    fig, axes = plt.subplots(1, len(ks), figsize=(5.5 * len(ks), 4), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, k in zip(axes[0], ks, strict=True):
+        for i, (m, name) in enumerate(zip(models, names, strict=True)):
+            xs, c = layer_xs(m, normalize), colors(i % 10)
+            layer_line(ax, xs, m, f"top{k}_input", c, "--", f"{name}: input t_i")
+            layer_line(ax, xs, m, f"top{k}_output", c, "-o", f"{name}: output t_(i+1)")
+        ax.set_title(f"top-{k} match of the logit lens")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"top-{k} match rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, path)
