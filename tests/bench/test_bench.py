@@ -137,10 +137,10 @@ def test_train_compare_and_modes():
 
 def test_plain_gpt_matches_shape_of_ours():
     from bench.nanogpt import PlainGPT
-    from causalshift.gpt.config import model_preset
     from causalshift.gpt.model import GPT
+    from causalshift.train.config import preset
 
-    c = model_preset("tiny")
+    c = preset("tiny").model
     plain = PlainGPT(c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_size)
     ours = GPT(c)
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in ours.parameters())

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from causalshift.errors import UserError
-from causalshift.gpt import GPT, GPTConfig, load_model, model_preset, save_model
+from causalshift.gpt import GPT, GPTConfig, load_model, save_model
 from causalshift.gpt.io import from_hf_gpt2, is_run_dir, load_weights
 from causalshift.testing import tiny_gpt_config
+from causalshift.train.config import preset
 
 VOCAB = 101
 
@@ -107,7 +108,7 @@ def test_init_and_counts():
 
 
 def test_gpt2_124m_param_count():
-    m = GPT(model_preset("gpt2-124m"))
+    m = GPT(preset("gpt2-124m").model)
     assert m.num_params(non_embedding=False) == 124_439_808  # GPT-2 small
 
 
@@ -124,13 +125,6 @@ def test_optimizer_groups():
     assert n == m.num_params(non_embedding=False)
     plain = GPT(tiny()).configure_optimizer(0.1, 6e-4, (0.9, 0.95), 1e-2, "cpu")
     assert [g["name"] for g in plain.param_groups] == ["decay", "no_decay"]
-
-
-def test_presets():
-    assert model_preset("tiny").n_layer == 2
-    assert model_preset("gpt2-124m").block_size == 1024
-    with pytest.raises(UserError, match="cpu-small"):
-        model_preset("huge")
 
 
 def test_config_dict_round_trip():

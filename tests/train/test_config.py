@@ -95,3 +95,10 @@ def test_resume_may_change_only_what_shapes_no_weight() -> None:
     assert model_changes(saved, cfg.replace(dropout=0.1, lr=0.5).model) == []
     changed = cfg.replace(n_layer=3, residual="gate", tau=2.0).model
     assert model_changes(saved, changed) == ["n_layer", "residual", "tau"]
+
+
+def test_presets():
+    assert preset("tiny").model.n_layer == 2
+    assert preset("gpt2-124m").model.block_size == 1024
+    with pytest.raises(UserError, match="cpu-small"):
+        preset("huge")

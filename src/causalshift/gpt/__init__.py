@@ -11,7 +11,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from causalshift.gpt.config import GPTConfig, ResidualConfig, model_preset
+    from causalshift.gpt.config import GPTConfig, ResidualConfig
     from causalshift.gpt.io import is_run_dir, load_model, save_model
     from causalshift.gpt.model import GPT, Residual, build_residual
     from causalshift.gpt.residual import MODES, ResidualMode, register, residual_parameter_names
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 _HOME = {
     "GPTConfig": "config",
     "ResidualConfig": "config",
-    "model_preset": "config",
     "is_run_dir": "io",
     "load_model": "io",
     "save_model": "io",
@@ -43,7 +42,6 @@ __all__ = [
     "build_residual",
     "is_run_dir",
     "load_model",
-    "model_preset",
     "register",
     "residual_parameter_names",
     "save_model",

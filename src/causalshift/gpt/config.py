@@ -52,7 +52,7 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
@@ -87,23 +87,3 @@ def _check_keys(cls: type, d: dict[str, Any], what: str) -> None:
     unknown = sorted(set(d) - known)
     if unknown:
         raise UserError(f"unknown keys in {what}: {', '.join(unknown)}")
-
-
-PRESETS: dict[str, GPTConfig] = {
-    # Tests: a few milliseconds per step.
-    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64),
-    # The default: a visible loss curve in about 10 minutes on 2 CPU cores.
-    "cpu-small": GPTConfig(n_layer=6, n_head=4, n_embd=256, block_size=256),
-    # The paper's model (GPT-2 small, 124M parameters).
-    "gpt2-124m": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-}
-
-
-def model_preset(name: str) -> GPTConfig:
-    """The GPTConfig named `name` (residual mode `none`)."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise UserError(
-            f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}"
-        ) from None
