@@ -3,6 +3,7 @@ figures/ folder."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from causalshift.figures import gate, loss, similarity, topk
@@ -11,11 +12,16 @@ from causalshift.results import AnalyzeResult, read_run
 RUN_FIGURES_DIR = "figures"
 
 
-def analyze_figures(result: AnalyzeResult, out: Path) -> list[Path]:
-    """topk_match.png and similarity.png of an analysis, in `out`."""
+def analyze_figures(
+    result: AnalyzeResult, out: Path, metric_label: Callable[[str], str] = str
+) -> list[Path]:
+    """topk_match.png and similarity.png of an analysis, in `out` (metric_label: see
+    `plot_topk`)."""
     made = [
-        topk.plot_topk(result.models, out / topk.FILE_NAME),
-        similarity.plot_similarity(result.models, out / similarity.FILE_NAME),
+        topk.plot_topk(result.models, out / topk.FILE_NAME, metric_label=metric_label),
+        similarity.plot_similarity(
+            result.models, out / similarity.FILE_NAME, metric_label=metric_label
+        ),
     ]
     return [p for p in made if p is not None]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from causalshift.figures.common import depth_axis, layer_line, layer_xs, model_labels, pyplot, save
@@ -12,10 +12,15 @@ FILE_NAME = "similarity.png"
 
 
 def plot_similarity(
-    models: Sequence[ModelResult], path: Path, labels: Sequence[str] | None = None
+    models: Sequence[ModelResult],
+    path: Path,
+    labels: Sequence[str] | None = None,
+    metric_label: Callable[[str], str] = str,
 ) -> Path | None:
     """Cosine to the input and output embeddings (a random token: chance level) and the
-    normalized projection on the input->output axis, by depth; None without models."""
+    normalized projection on the input->output axis, by depth; None without models.
+    metric_label: a result key's legend text (as in `plot_topk`); the projection has its
+    own panel, so its lines carry the model's name only."""
     if not models:
         return None
     plt = pyplot()
@@ -24,9 +29,8 @@ def plot_similarity(
     colors = plt.get_cmap("tab10")
     for i, (m, name) in enumerate(zip(models, model_labels(models, labels), strict=True)):
         xs, c = layer_xs(m, normalize), colors(i % 10)
-        layer_line(ax1, xs, m, "cos_input", c, "--", f"{name}: input")
-        layer_line(ax1, xs, m, "cos_output", c, "-o", f"{name}: output")
-        layer_line(ax1, xs, m, "cos_random", c, ":", f"{name}: random token")
+        for key, style in (("cos_input", "--"), ("cos_output", "-o"), ("cos_random", ":")):
+            layer_line(ax1, xs, m, key, c, style, f"{name}: {metric_label(key)}")
         layer_line(ax2, xs, m, "projection", c, "-o", name)
     ax1.set_title("cosine similarity of N(h) to token embeddings")
     ax1.set_ylabel("cosine")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from causalshift.figures.common import depth_axis, layer_line, layer_xs, model_labels, pyplot, save
@@ -12,10 +12,14 @@ FILE_NAME = "topk_match.png"
 
 
 def plot_topk(
-    models: Sequence[ModelResult], path: Path, labels: Sequence[str] | None = None
+    models: Sequence[ModelResult],
+    path: Path,
+    labels: Sequence[str] | None = None,
+    metric_label: Callable[[str], str] = str,
 ) -> Path | None:
     """Input (dashed) vs output (solid) top-k match by depth, one panel per k; None when
-    there is nothing to draw."""
+    there is nothing to draw. metric_label: a result key's legend text (the commands pass
+    the lens' metric table, `causalshift.lens.metrics.label`)."""
     ks = common_topk_ks(models)
     if not models or not ks:
         return None
@@ -27,8 +31,9 @@ def plot_topk(
     for ax, k in zip(axes[0], ks, strict=True):
         for i, (m, name) in enumerate(zip(models, names, strict=True)):
             xs, c = layer_xs(m, normalize), colors(i % 10)
-            layer_line(ax, xs, m, f"top{k}_input", c, "--", f"{name}: input t_i")
-            layer_line(ax, xs, m, f"top{k}_output", c, "-o", f"{name}: output t_(i+1)")
+            for side, style in (("input", "--"), ("output", "-o")):
+                key = f"top{k}_{side}"
+                layer_line(ax, xs, m, key, c, style, f"{name}: {metric_label(key)}")
         ax.set_title(f"top-{k} match of the logit lens")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"top-{k} match rate")

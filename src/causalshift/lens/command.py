@@ -150,8 +150,9 @@ def analyze(cfg: AnalyzeConfig) -> Path | None:
         result.write(out)
         if cfg.plots:
             from causalshift.figures import analyze_figures
+            from causalshift.lens.metrics import label
 
-            analyze_figures(result, out)
+            analyze_figures(result, out, metric_label=label)
         return out
     finally:
         runtime.teardown()

@@ -21,6 +21,7 @@ from causalshift.figures import (
 )
 from causalshift.gpt.residual import label_order, learned_modes
 from causalshift.io import write_text
+from causalshift.lens.metrics import label as metric_label
 from causalshift.report.document import Document
 from causalshift.report.sources import Sources
 from causalshift.results import (
@@ -182,13 +183,13 @@ def section_analysis(doc: Document, src: Sources, out: Path) -> None:
         "layer L the last residual stream before the final norm. Bands: 95% intervals over "
         "sequences, as computed by `analyze`."
     )
-    if plot_topk(models, out / "topk_match.png", labels):
+    if plot_topk(models, out / "topk_match.png", labels, metric_label):
         doc.image(
             "topk_match.png",
             "Figure 2 analogue: top-k match of the decoded hidden "
             "state with the input token t_i (dashed) and the output token t_(i+1) (solid).",
         )
-    if plot_similarity(models, out / "similarity.png", labels):
+    if plot_similarity(models, out / "similarity.png", labels, metric_label):
         doc.image(
             "similarity.png",
             "Figure 3 analogue: cosine of the normed hidden state to "
