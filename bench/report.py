@@ -464,6 +464,31 @@ yet**. The code paths exist:
 """
 
 
+CODE_CHOICES = """## Measurements behind choices in the code
+
+The code says why it does what it does; what was measured on the developers' machine (AMD
+EPYC Zen 4, 2 cores, AVX-512 bf16 + VNNI, no AMX) when each choice was made is kept here,
+so that the numbers can be re-measured and do not go stale in comments:
+
+- `lens/engine.py` `VOCAB_CHUNK = 4096` (CPU): the fastest of 2,048-16,384 columns per
+  chunk with the bf16 screen, about 10% over 16,384 while every chunk's logits were a fresh
+  tensor; since the screens reuse one output buffer, 4,096-16,384 are within noise.
+- `lens/engine.py` gathers the screen's rows of U with `index_select` into a reused buffer:
+  2x faster than advanced indexing, which made preparing the bf16 copy 0.42 s -> 0.15 s.
+- `lens/kernels.py`: eager PyTorch materialises every float copy and boolean mask of the
+  counting kernels (`count_above` ~20x slower eager than compiled on CPU); one reduction
+  per threshold is 3x faster than a single (n, J, Vc) comparison.
+- `lens/screen.py`: each screen keeps one output buffer; a fresh int32 output of tens of MB
+  per chunk, page-faulted in every time, halved `torch._int_mm`'s rate (3000 x 4096: 464 vs
+  810 GOP/s). The int8 screen's matmul ran about 2x the bf16 one with VNNI.
+- `gpt/model.py` `GPT.forward(..., return_logits=False)` for training: a compiled graph that
+  need not hand back the (B, T, V) logits ran ~9% faster (`bench.train.logits_output_cost`;
+  4.6% in the run above).
+- `train/command.py` sets `OMP_WAIT_POLICY=PASSIVE`: with spinning OpenMP threads, training
+  steps ran ~1.7x slower on the 2 shared cores while another process was busy.
+"""
+
+
 def _findings(res: dict[str, Any]) -> str:
     """What the numbers say about the goals, and proposals (derived from this run)."""
     out = ["## Findings and proposals (from this run's numbers)\n"]
@@ -629,5 +654,5 @@ def render(res: dict[str, Any]) -> str:
         _prepare(res),
         _findings(res),
     ]
-    parts.append(GPU)
+    parts += [CODE_CHOICES, GPU]
     return "\n".join(head + [p for p in parts if p])
