@@ -7,6 +7,7 @@ does not know are kept in `extra` and written back after its own, and its keys a
 are remembered in `absent` and left out again, so `R.from_dict(d).to_dict() == d`.
 
     results.json   AnalyzeResult (ModelResult per model, LayerRow per layer)  `analyze`
+    positions.parquet  per-position rows of `analyze --save-positions` (pyarrow)
     metrics.jsonl  MetricRecord per logged step                               `train`
     summary.json   RunSummary                                                 `train`
     config.json    read by run_info (the residual mode, seed, preset, depth)  `train`, `export`
@@ -30,11 +31,18 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from causalshift.gpt.residual import MODES
-from causalshift.io import read_json_object, read_jsonl_records, write_json, write_text
+from causalshift.io import (
+    atomic_write,
+    read_json_object,
+    read_jsonl_records,
+    write_json,
+    write_text,
+)
 
 SCHEMA_VERSION = 1
 RESULTS_NAME = "results.json"
 LAYERS_CSV_NAME = "layers.csv"
+POSITIONS_NAME = "positions.parquet"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 RUN_CONFIG_NAME = "config.json"
@@ -88,7 +96,13 @@ class Record:
 
     @classmethod
     def _keys(cls) -> list[dataclasses.Field]:
-        return [f for f in dataclasses.fields(cls) if f.name not in ("extra", "absent")]
+        """The fields that are JSON keys (not extra, absent, or a field marked transient:
+        data held in memory only, such as a model's per-position table)."""
+        return [
+            f
+            for f in dataclasses.fields(cls)
+            if f.name not in ("extra", "absent") and not f.metadata.get("transient")
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The record as its file writes it."""
@@ -159,10 +173,31 @@ class ShiftLayers(Record):
 
 
 @dataclass(kw_only=True)
+class StratumResult(Record):
+    """One stratum of a model's positions (lens/strata.py): which positions, how many, and
+    its own layers (means and 95% intervals over sequences) and shift layers. A metric of an
+    empty stratum has null means."""
+
+    NESTED: ClassVar[dict[str, type[Record]]] = {"layers": LayerRow, "shift_layer": ShiftLayers}
+
+    family: str
+    name: str
+    definition: str | None = None
+    num_positions: int | None = None
+    num_sequences: int | None = None
+    layers: list[LayerRow] = field(default_factory=list)
+    shift_layer: ShiftLayers = field(default_factory=ShiftLayers)
+
+
+@dataclass(kw_only=True)
 class ModelResult(Record):
     """One model of an analysis: what was loaded, how many positions counted, its layers."""
 
-    NESTED: ClassVar[dict[str, type[Record]]] = {"layers": LayerRow, "shift_layer": ShiftLayers}
+    NESTED: ClassVar[dict[str, type[Record]]] = {
+        "layers": LayerRow,
+        "shift_layer": ShiftLayers,
+        "strata": StratumResult,
+    }
 
     name: str
     source: str | None = None
@@ -178,6 +213,10 @@ class ModelResult(Record):
     lens_screens: list[str] = field(default_factory=list)
     seconds: float | None = None
     tokens_per_second: float | None = None
+    strata: list[StratumResult] = field(default_factory=list)
+    # the per-position records (a pyarrow Table, lens/positions.py) of `--save-positions`:
+    # written to positions.parquet by AnalyzeResult.write, never to results.json
+    positions: Any = field(default=None, repr=False, compare=False, metadata={"transient": True})
 
     def topk_ks(self) -> list[int]:
         """The k's of the top-k match columns (keys like 'top5_input' of the first layer)."""
@@ -215,32 +254,81 @@ class AnalyzeResult(Record):
     environment: dict[str, Any] = field(default_factory=dict)
 
     def layers_csv(self) -> str:
-        """Long form: one row per model x layer x metric with its 95% interval."""
+        """Long form: one row per model x layer x metric with its 95% interval.
+
+        With strata (lens/strata.py), each stratum adds three columns after these, its
+        value and interval of the row's model, layer and metric: `<stratum>`,
+        `<stratum>_ci95_low`, `<stratum>_ci95_high` (empty where the stratum lacks it);
+        the rows and the first seven columns stay what they are without strata."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["model", "layer", "depth", "metric", "value", "ci95_low", "ci95_high"])
+        names = self.stratum_names()
+        strata_cols = [f"{n}{suffix}" for n in names for suffix in ("", "_ci95_low", "_ci95_high")]
+        w.writerow(
+            ["model", "layer", "depth", "metric", "value", "ci95_low", "ci95_high"] + strata_cols
+        )
         for m in self.models:
+            by_name = {s.name: s for s in m.strata}
             for row in m.layers:
                 for metric, (lo, hi) in (row.ci95 or {}).items():
                     depth = row.layer / m.num_layers
+                    extra = _stratum_cells(by_name, names, row.layer, metric)
                     w.writerow(
                         [m.name, row.layer, f"{depth:.4f}", metric, row.values[metric], lo, hi]
+                        + extra
                     )
         return buf.getvalue()
+
+    def stratum_names(self) -> list[str]:
+        """The names of the strata of any model, in first-seen order."""
+        names: list[str] = []
+        for m in self.models:
+            names += [s.name for s in m.strata if s.name not in names]
+        return names
 
     def write(self, out: str | Path) -> Path:
         """results.json and layers.csv in `out`, each written atomically; returns results.json.
 
-        The figures of an analysis are `causalshift.figures.analyze_figures(result, out)`."""
+        With per-position tables (`--save-positions`), positions.parquet too. The figures
+        of an analysis are `causalshift.figures.analyze_figures(result, out)`."""
         out = Path(out)
         path = write_json(out / RESULTS_NAME, self.to_dict())
         write_text(out / LAYERS_CSV_NAME, self.layers_csv())
+        tables = [m.positions for m in self.models if m.positions is not None]
+        if tables:
+            write_positions(tables, out / POSITIONS_NAME)
         return path
 
     @classmethod
     def read(cls, path: str | Path) -> AnalyzeResult:
         """A results.json (or the folder holding one)."""
         return cls.from_dict(read_json_object(_file(path, RESULTS_NAME), "analyze results"))
+
+
+def write_positions(tables: Sequence[Any], path: Path) -> Path:
+    """Per-position tables (pyarrow, one per model) as one parquet file, atomically.
+
+    pyarrow is imported here, only when there is something to write."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def _stratum_cells(
+    strata: Mapping[str, StratumResult], names: Sequence[str], layer: int, metric: str
+) -> list[Any]:
+    """The value and interval of `metric` at `layer` in each named stratum ("" if absent)."""
+    cells: list[Any] = []
+    for name in names:
+        stratum = strata.get(name)
+        rows = [] if stratum is None else [r for r in stratum.layers if r.layer == layer]
+        row = rows[0] if rows else None
+        value = None if row is None else row.value(metric)
+        ci = None if row is None else row.interval(metric)
+        cells += ["" if v is None else v for v in (value, *(ci or (None, None)))]
+    return cells
 
 
 def _file(path: str | Path, name: str) -> Path:

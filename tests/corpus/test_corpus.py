@@ -169,6 +169,37 @@ def test_file_errors(tmp_path):
         iter_documents("nonsense")
 
 
+def test_folder_of_files(tmp_path):
+    from causalshift.corpus.files import data_files, read_folder
+
+    folder = tmp_path / "shards"
+    (folder / "2").mkdir(parents=True)
+    (folder / ".git").mkdir()
+    pq.write_table(pa.table({"text": ["p0", "p1"]}), folder / "10.parquet")
+    (folder / "2" / "a.jsonl").write_text('{"text": "j0"}\n')
+    (folder / "1.txt").write_text("t0\n\n\nt1")
+    (folder / ".git" / "x.txt").write_text("hidden")
+    (folder / "README.md").write_text("skipped")
+    assert [p.relative_to(folder).as_posix() for p in data_files(folder)] == [
+        "1.txt",
+        "10.parquet",
+        "2/a.jsonl",
+    ]
+    started = []
+    docs = read_folder(folder, lambda i, n, path: started.append((i, n, path.name)))
+    assert list(docs) == ["t0", "t1", "p0", "p1", "j0"]
+    assert started == [(0, 3, "1.txt"), (1, 3, "10.parquet"), (2, 3, "a.jsonl")]
+    assert list(iter_documents(str(folder))) == ["t0", "t1", "p0", "p1", "j0"]
+    (folder / "3.jsonl").write_text('{"body": "x"}\n')  # a bad file names itself
+    with pytest.raises(UserError, match=r"3\.jsonl: line 1 has no 'text' field"):
+        list(iter_documents(str(folder)))
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "meta.json").write_text("{}")
+    with pytest.raises(UserError, match="a prepared data dir, give it to `causalshift train"):
+        iter_documents(str(prepared))  # checked when the SPEC is opened
+
+
 # ---------------------------------------------------------------- hub specs
 
 

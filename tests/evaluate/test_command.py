@@ -194,6 +194,46 @@ def test_eval_unknown_task_is_user_error(models, tmp_path, capsys) -> None:
     assert not (tmp_path / "eval.json").exists()
 
 
+def _bad_task_dir(root: Path) -> Path:
+    """TASKS plus a task YAML that does not parse (its task, cs_bad, is then unknown)."""
+    folder = render_task_templates(TASKS, root / "tasks")
+    (folder / "cs_bad.yaml").write_text("task: cs_bad\ndataset_path: json\n  doc_to_text: [x\n")
+    return folder
+
+
+def test_malformed_task_yaml_is_found(tmp_path) -> None:
+    from causalshift.evaluate.command import malformed_task_files
+
+    folder = _bad_task_dir(tmp_path)
+    (folder / "fn.yaml").write_text("task: cs_fn\nprocess_docs: !function utils.process\n")
+    (folder / "list.yaml").write_text("- just\n- a list\n")
+    assert malformed_task_files(folder) == [
+        f"{folder / 'cs_bad.yaml'}: mapping values are not allowed here (line 3)",
+        f"{folder / 'list.yaml'}: not a mapping of task fields",
+    ]  # lm-eval's !function tag is fine
+    assert malformed_task_files(TASKS) == []
+
+
+@pytest.mark.slow
+def test_eval_malformed_task_yaml_is_named(models, tmp_path, capsys) -> None:
+    """Slow: lm-eval's full task index is built first (the task may be a built-in one)."""
+    run, _ = models
+    folder = _bad_task_dir(tmp_path)
+    argv = ["eval", str(run), "--include-path", str(folder), "--tasks", "cs_bad"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err  # before: "unknown task ... need --include-path DIR"
+    assert f"a task YAML in --include-path is malformed: {folder / 'cs_bad.yaml'}" in err
+
+
+def test_eval_folder_without_its_tokenizer(tmp_path, capsys) -> None:
+    from causalshift.testing import tiny_hf_model
+
+    tiny_hf_model("qwen2").save_pretrained(tmp_path / "qwen")  # vocabulary 97, no tokenizer
+    assert main(["eval", str(tmp_path / "qwen"), "--tasks", "cs_mc"]) == 2
+    err = capsys.readouterr().err  # before: the GPT-2 BPE in its place, ids past 97
+    assert f"{tmp_path / 'qwen'} has no tokenizer" in err and "(97)" in err
+
+
 def test_flatten_results_labels_every_number() -> None:
     raw = {
         "results": {

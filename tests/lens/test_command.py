@@ -142,6 +142,8 @@ def test_analyze_on_a_training_run_directory(text_file, tmp_path):
         (["--model", "/nonexistent/folder"], "not found"),
         (["--model", "no-such-org/no-such-model"], "no network"),
         (["--topk", "0"], "--topk"),
+        (["--topk", "1,50257"], "--topk 50257 is not below tiny-gpt2"),  # GPT-2's 50,257
+        (["--seed", "-1"], "--seed must be an integer in [0, "),
         (["--seq-len", "65"], "exceeds"),
         (["--num-seqs", "500"], "only"),
     ],

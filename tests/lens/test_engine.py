@@ -146,3 +146,35 @@ def test_a_type_error_inside_the_forward_propagates(kind):
     with pytest.raises(TypeError, match="a bug inside the block"):
         engine.residual_stream(lm, ids)
     assert len(calls) == 1
+
+
+def test_next2_target_by_hand_at_last_layer():
+    """top1_next2 at layer L: how often the model's greedy prediction at i is t_(i+2), over
+    the positions that have one; the column exists only when next2 is asked for."""
+    model = tiny_model("gpt2")
+    lm = lens_model(model, tokenizer=None, name="gpt2", source="config")
+    tokens = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(3))
+    kw = dict(compute_dtype=torch.bfloat16, progress=False, batch_size=2)
+    plain = engine.run_lens(lm, tokens, **kw)
+    run = engine.run_lens(lm, tokens, targets=("next2", "input", "output"), **kw)
+    assert "top1_next2" not in plain.accumulator.names
+    names = run.accumulator.names
+    assert names[:3] == ["top1_input", "top1_output", "top1_next2"]
+    with torch.no_grad():
+        logits = model(input_ids=tokens).logits[:, :-2]
+    expected = (logits.argmax(-1) == tokens[:, 2:]).float().mean().item()
+    assert run.accumulator.layer_summary()[-1]["top1_next2"] == pytest.approx(expected)
+    assert int(run.accumulator.counts[:, names.index("top5_next2")].sum()) == 3 * 10
+    for name in plain.accumulator.names:  # the other columns are unchanged
+        j, k = names.index(name), plain.accumulator.names.index(name)
+        assert torch.equal(run.accumulator.sums[..., j], plain.accumulator.sums[..., k])
+
+
+def test_targets_must_be_known_and_include_input_and_output():
+    from causalshift.lens.metrics import check_targets
+
+    assert check_targets(["next2", "output", "input"]) == ("input", "output", "next2")
+    with pytest.raises(ValueError, match="unknown target"):
+        check_targets(["input", "output", "next3"])
+    with pytest.raises(ValueError, match="include input and output"):
+        check_targets(["output", "next2"])

@@ -80,3 +80,45 @@ def test_load_saved_hf_folder_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):
         load(str(tmp_path / "empty"))
+
+
+def _small_gguf(path):
+    """A small GGUF file written with the `gguf` package (metadata and one tensor)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(16)
+    w.add_embedding_length(8)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"tok{i}" for i in range(50)])
+    w.add_tensor("token_embd.weight", np.zeros((50, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_unreadable_gguf_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAUSALSHIFT_CACHE", str(tmp_path / "cache"))
+    whole = _small_gguf(tmp_path / "small.gguf").read_bytes()
+    cut = tmp_path / "t.gguf"
+    cut.write_bytes(whole[:300])  # inside the metadata: the reader raised struct.error
+    with pytest.raises(UserError, match=rf"cannot read model file {cut} .*truncated"):
+        load(str(cut))
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(UserError, match=rf"model file {junk} is not a GGUF file"):
+        load(str(junk))
+    # complete, but no model transformers can build from it: named too
+    with pytest.raises(UserError, match=rf"cannot read model file {tmp_path / 'small.gguf'}"):
+        load(str(tmp_path / "small.gguf"))
+    assert not list((tmp_path / "cache" / "models").glob("*"))  # no half-converted folder
+
+
+def test_missing_tokenizer_is_named(tmp_path):
+    tiny_model("qwen2").save_pretrained(tmp_path / "qwen")  # weights and config only
+    with pytest.raises(UserError, match=rf"{tmp_path / 'qwen'} has no tokenizer \(tokenizer"):
+        load(str(tmp_path / "qwen"))  # before: a one-token tokenizer, "only 0 tokens of text"

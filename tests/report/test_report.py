@@ -79,6 +79,21 @@ def test_report_rejects_corrupt_json(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
 
 
+def test_report_names_a_wrongly_shaped_result_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text('{"model": "x", "layers": []}')
+    assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err  # before: only "no result files found in ..."
+    assert f'{tmp_path / "a" / "results.json"} has no "models" list' in err
+    (tmp_path / "a" / "eval.json").write_text('{"results": {"task": 1}}')
+    with pytest.raises(UserError, match=r"has no \"models\" list .*\(and 1 more\)"):
+        find_sources([tmp_path / "a"])
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text('{"runs": 5}')  # before: a TypeError
+    with pytest.raises(UserError, match=r'sweep\.json has no "runs" list'):
+        find_sources([tmp_path / "s"])
+
+
 def test_report_never_imports_torch_or_transformers(tmp_path: Path) -> None:
     code = (
         "import sys\n"

@@ -54,6 +54,45 @@ def test_sweep_bad_input(tmp_path: Path, capsys) -> None:
                  "--data", str(tmp_path)]) == 2  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--alpha", "inf"], "--alpha must be a finite number >= 0, got inf"),
+        (["--alpha", "nan"], "--alpha must be a finite number >= 0, got nan"),
+        (["--seeds", "-1"], "--seeds must be an integer in [0, 4294967295], got -1"),
+        (["--max-steps", "0"], "--max-steps must be a positive integer, got 0"),
+        (["--train-args", '--lr "2e-3'], "cannot be split: No closing quotation"),
+        (["--train-args", "--lr inf"], "--train-args: lr must be a finite number > 0, got inf"),
+        (["--train-args", "--bogus"], "--train-args: unrecognized arguments: --bogus"),
+        (["--train-args", "--out elsewhere"], "may not set --out: the sweep sets it"),
+        (["--train-args", "--resume"], "may not set --resume"),
+        # parsed (it was "expected one argument"): the sweep goes on to check the layers
+        (["--train-args", "--no-compile", "--layers", "5"], "cut layer 5 is out of range"),
+    ],
+)
+def test_sweep_bad_numbers_and_train_args(tmp_path: Path, capsys, args: list, message: str) -> None:
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--preset", "tiny", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert not out.exists()  # nothing started
+
+
+def test_train_args_may_start_with_a_dash(tmp_path: Path) -> None:
+    from causalshift.cli import _glue_text_options, build_parser
+    from causalshift.train.sweep import _command, plan
+
+    argv = ["sweep", "--preset", "tiny", "--layers", "1", "--out", str(tmp_path / "s"),
+            "--train-args", "--no-compile", "--no-baseline"]  # fmt: skip
+    args = build_parser("sweep").parse_args(_glue_text_options(argv, "sweep"))
+    assert args.train_args == "--no-compile" and args.baseline is False
+    args.data_dir = str(tmp_path / "data")
+    (run,) = plan(args)
+    cmd = _command(args, run, tmp_path / "s" / run.name, "cpu", tmp_path / "run.json")
+    assert cmd[-1] == "--no-compile"
+
+
 def test_sweep_figure_statistics(tmp_path: Path) -> None:
     runs = [
         {"mode": "none", "cut_layer": None, "final_val_loss": 3.0},

@@ -8,7 +8,7 @@ Data SPEC (`--data`), see docs/data.md:
   `milton`, `kjv`, `austen`, `brown`).
 - `wikitext`: Wikitext-103 test split (hub; needs network), one article per document.
 - a `.txt` (documents split on 2+ blank lines), `.jsonl` (`text` field) or `.parquet`
-  (`text` column) file; streamed.
+  (`text` column) file, or a folder of them (read in sorted order); streamed.
 - `hf:NAME[:CONFIG[:SPLIT]]`: a hub dataset, streamed, `text` field.
 Embedded sources are extracted once into `cache_dir("text")`.
 
@@ -38,7 +38,7 @@ EMBEDDED_SPECS = ("wiki", "books", *BOOK_SOURCES)
 DATA_SPEC_HELP = (
     "text source: wiki (embedded Wikipedia sample), books (embedded training corpus: "
     f"{', '.join(BOOK_SOURCES)}), wikitext (needs network), a .txt/.jsonl/.parquet file "
-    "(`text` field), or hf:NAME[:CONFIG[:SPLIT]]"
+    "(`text` field) or a folder of them, or hf:NAME[:CONFIG[:SPLIT]]"
 )
 
 __all__ = [
@@ -88,5 +88,5 @@ def iter_documents(spec: str) -> Iterator[str]:
         return read_path(path)
     raise UserError(
         f"unknown data SPEC {spec!r}: expected {', '.join(EMBEDDED_SPECS)}, wikitext, "
-        f"hf:NAME[:CONFIG[:SPLIT]], or a {'/'.join(SUFFIXES)} file"
+        f"hf:NAME[:CONFIG[:SPLIT]], or a {'/'.join(SUFFIXES)} file or folder"
     )

@@ -1,9 +1,11 @@
-"""Documents from local files: .txt, .jsonl, .parquet. Everything streams.
+"""Documents from local files: .txt, .jsonl, .parquet, or a folder of them. Everything streams.
 
 - `.txt`: documents are separated by two or more blank lines (single blank lines stay
   inside a document as paragraph breaks).
 - `.jsonl`: one JSON object per line with a string field `text`.
 - `.parquet`: a string column `text`, read in record batches with pyarrow.
+- a folder: its .txt/.jsonl/.parquet files (subfolders included, hidden names skipped) one
+  after another, in sorted path order (FineWeb ships as folders of parquet shards).
 Bad input raises `UserError` with one clear line (missing, empty, non-UTF-8 with the byte
 offset, bad JSON with the line number, no `text` field).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from causalshift.errors import UserError
@@ -143,9 +145,49 @@ def read_parquet(path: Path, column: str = "text") -> Iterator[str]:
     return _nonempty(path, docs())
 
 
+def data_files(folder: Path) -> list[Path]:
+    """The .txt/.jsonl/.parquet files under `folder`, in sorted path order (subfolders
+    included; names starting with "." skipped, e.g. a hub download's `.cache`)."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+    if not files:
+        prepared = (folder / "meta.json").is_file()
+        hint = (
+            ": it is a prepared data dir, give it to `causalshift train --data`" if prepared else ""
+        )
+        raise UserError(
+            f"{folder} is a folder, not a file, and holds no {', '.join(SUFFIXES)} files{hint}"
+        )
+    return files
+
+
+def read_folder(
+    folder: Path, on_file: Callable[[int, int, Path], None] | None = None
+) -> Iterator[str]:
+    """Documents of every file of `data_files(folder)` (listed now, read lazily);
+    `on_file(i, number of files, path)` is called as file i starts."""
+    files = data_files(folder)
+
+    def docs() -> Iterator[str]:
+        for i, path in enumerate(files):
+            if on_file is not None:
+                on_file(i, len(files), path)
+            yield from read_path(path)
+
+    return docs()
+
+
 def read_path(path: str | os.PathLike) -> Iterator[str]:
-    """Documents of a .txt / .jsonl / .parquet file (checked now, read lazily)."""
+    """Documents of a .txt / .jsonl / .parquet file or a folder of them (checked now, read
+    lazily)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        return read_folder(path)
     check_file(path)
     suffix = path.suffix.lower()
     if suffix == ".txt":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from causalshift.cache import cache_dir
 from causalshift.errors import UserError
-from causalshift.io import write_json
+from causalshift.io import atomic_write, write_json
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -74,9 +74,8 @@ def gpt2_tokenizer_dir() -> Path:
         return folder
     encoder_json, vocab_bpe = gpt2_bpe_files()
     for src, name in ((encoder_json, "vocab.json"), (vocab_bpe, "merges.txt")):
-        tmp = folder / f".{name}.tmp"
-        shutil.copyfile(src, tmp)
-        tmp.replace(folder / name)
+        # atomic: two processes setting the folder up at once never see half a file
+        atomic_write(folder / name, lambda tmp, src=src: shutil.copyfile(src, tmp))
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
     write_json(folder / "special_tokens_map.json", special)
     config = {
@@ -100,6 +99,16 @@ def gpt2_tokenizer_dir() -> Path:
     }
     write_json(folder / "tokenizer_config.json", config)
     return folder
+
+
+# The files a Hugging Face tokenizer is loaded from (any one of them; vocab.json goes with
+# merges.txt). Without them transformers 5 gives a one-token tokenizer, silently.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def has_tokenizer_files(folder: str | Path) -> bool:
+    """Whether a local model folder ships its own tokenizer."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
 
 def check_vocab(folder: Path) -> int:

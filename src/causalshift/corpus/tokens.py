@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,7 +27,14 @@ def adds_bos(tokenizer) -> bool:
 
 
 def token_sequences(
-    tokenizer, spec: str, num_seqs: int, seq_len: int, *, name: str = ""
+    tokenizer,
+    spec: str,
+    num_seqs: int,
+    seq_len: int,
+    *,
+    name: str = "",
+    documents: Iterable[str] | None = None,
+    progress: bool = True,
 ) -> torch.Tensor:
     """(num_seqs, seq_len) int64 windows of the token stream of `spec`, for the logit lens.
 
@@ -35,6 +42,8 @@ def token_sequences(
     between them (nothing if it has none), then cut into consecutive non-overlapping
     windows. If the tokenizer adds a BOS token in normal use, each row is [BOS] followed
     by seq_len - 1 stream tokens. Reading stops once enough tokens are collected.
+    documents: these texts instead of the SPEC's (spec then only names them in messages);
+    progress: allow the tokenizing bar (shown only when tokenizing takes over 2 s).
     """
     import torch
     from tqdm.auto import tqdm
@@ -55,9 +64,16 @@ def token_sequences(
     if isinstance(warned, dict):  # documents are longer than the model's context: expected
         warned["sequence-length-is-longer-than-the-specified-maximum"] = True
     stream: list[int] = []
-    bar = tqdm(total=need, desc=f"tokenizing {spec}", unit="tok", leave=False, delay=2.0)
+    bar = tqdm(
+        total=need,
+        desc=f"tokenizing {spec}",
+        unit="tok",
+        leave=False,
+        delay=2.0,
+        disable=not progress,
+    )
     batch = 4  # documents per tokenizer call, doubled up to 64: fast tokenizers batch in Rust
-    docs = iter_documents(spec)
+    docs = iter(documents) if documents is not None else iter_documents(spec)
     try:
         while len(stream) < need:
             texts = list(itertools.islice(docs, batch))

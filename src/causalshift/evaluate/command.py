@@ -12,13 +12,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from causalshift.config import add_config_arguments, config_overrides, option, str_list
+from causalshift.config import (
+    add_config_arguments,
+    check_fields,
+    config_overrides,
+    option,
+    str_list,
+)
 from causalshift.errors import UserError
 from causalshift.results import RUN_CONFIG_NAME, EvalResult, EvalRow, run_info
 from causalshift.runtime import environment
@@ -43,8 +50,8 @@ ENVIRONMENT_FIELDS = tuple(
 
 def _limit(text: str) -> float:
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--limit must be > 0, got {text}")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"--limit must be a finite number > 0, got {text}")
     return int(value) if value >= 1 else value
 
 
@@ -64,22 +71,22 @@ class EvalConfig:
         None,
         "Documents per task (an integer), or a fraction below 1 (quick checks).",
         parse=_limit,
+        gt=0,
     )
-    num_fewshot: int = option(0, "Few-shot examples (the paper: zero-shot).")
-    batch_size: int = option(16, "Sequences per forward pass.")
+    num_fewshot: int = option(0, "Few-shot examples (the paper: zero-shot).", ge=0)
+    batch_size: int = option(16, "Sequences per forward pass.", ge=1)
     device: str = option("auto", "auto | cpu | cuda | cuda:N.")
     dtype: str = option("float32", "float32 | bfloat16 (autocast).")
     backend: str = option("auto", "auto | gpt (our GPT) | hf (transformers AutoModel).")
-    seed: int = option(1234, "Seed for lm-eval's document shuffling and few-shot sampling.")
+    seed: int = option(
+        1234, "Seed for lm-eval's document shuffling and few-shot sampling.", ge=0, le=2**32 - 1
+    )
     out: str | None = option(None, "Output folder for eval.json (default: the model folder).")
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise UserError("--tasks is empty")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.num_fewshot < 0:
-            raise UserError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        check_fields(self, as_options=True)
         if self.dtype not in ("float32", "bfloat16"):
             raise UserError(f"--dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.backend not in ("auto", "gpt", "hf"):
@@ -134,8 +141,37 @@ def _include_path(cfg: EvalConfig, scratch: str) -> str | None:
     return str(render_task_templates(folder, Path(scratch) / "tasks"))
 
 
-def task_manager(tasks: tuple[str, ...], include_path: str | None):
-    """An lm-eval TaskManager that knows `tasks`; UserError naming any unknown task.
+def malformed_task_files(folder: str | Path) -> list[str]:
+    """'FILE: what is wrong' for each task YAML under `folder` that is not a YAML mapping
+    (lm-eval skips such a file with a debug log, and its task is then 'unknown')."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """Safe YAML that accepts lm-eval's tags (`!function utils.f`) as plain values."""
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    bad = []
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.name.endswith((".yaml", ".yml", TEMPLATE_SUFFIX)) or not path.is_file():
+            continue
+        try:
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506
+        except UnicodeDecodeError:
+            bad.append(f"{path}: not UTF-8 text")
+            continue
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            bad.append(f"{path}: {getattr(e, 'problem', None) or e}{where}")
+            continue
+        if not isinstance(doc, dict):
+            bad.append(f"{path}: not a mapping of task fields")
+    return bad
+
+
+def task_manager(tasks: tuple[str, ...], include_path: str | None, source: str | None = None):
+    """An lm-eval TaskManager that knows `tasks`; UserError naming any unknown task (and a
+    malformed YAML in `source`, the user's --include-path, when that is why).
 
     Indexing lm-eval's ~15k built-in task configs takes 10-20 s: when every task is in
     `include_path`, the built-ins are left out.
@@ -149,11 +185,41 @@ def task_manager(tasks: tuple[str, ...], include_path: str | None):
     manager = TaskManager(include_path=include_path)
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
+    bad = malformed_task_files(source or include_path) if unknown and include_path else []
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UserError(
+            f"unknown lm-eval task(s): {', '.join(unknown)}; a task YAML in --include-path "
+            f"is malformed: {bad[0]}{more}"
+        )
     if unknown:
         raise UserError(
             f"unknown lm-eval task(s): {', '.join(unknown)} (local tasks need --include-path DIR)"
         )
     return manager
+
+
+def check_tokenizer(path: Path) -> None:
+    """A folder without a tokenizer of its own is read with the GPT-2 BPE (causalshift runs
+    and exports): refuse one whose vocabulary is not GPT-2's, which would index out of it."""
+    from causalshift.corpus.tokenizer import N_VOCAB, TOKENIZER_FILES, has_tokenizer_files
+
+    if has_tokenizer_files(path) or not (path / RUN_CONFIG_NAME).is_file():
+        return
+    try:
+        cfg = json.loads((path / RUN_CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the model loader names the broken config.json
+    if not isinstance(cfg, dict):
+        return
+    model = cfg["model"] if isinstance(cfg.get("model"), dict) else {}
+    vocab = cfg.get("vocab_size", model.get("vocab_size"))
+    if vocab != N_VOCAB:
+        raise UserError(
+            f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES)}) and its vocabulary "
+            f"({vocab}) is not the GPT-2 one used in its place ({N_VOCAB}): save the model's "
+            "tokenizer into the folder"
+        )
 
 
 def model_info(path: Path) -> dict[str, Any]:
@@ -209,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--device {cfg.device}: CUDA is not available here")
     if not path.is_dir():
         raise UserError(f"model not found: {path} (expected a run directory or a local HF folder)")
+    check_tokenizer(path)
     out = Path(cfg.out) if cfg.out else path
     with tempfile.TemporaryDirectory(prefix="causalshift-tasks-") as scratch:
         return _evaluate(cfg, path, out, _include_path(cfg, scratch))
@@ -216,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate(cfg: EvalConfig, path: Path, out: Path, include_path: str | None) -> int:
 
-    manager = task_manager(cfg.tasks, include_path)
+    manager = task_manager(cfg.tasks, include_path, cfg.include_path)
 
     import lm_eval
 

@@ -6,14 +6,16 @@
   `AutoModelForCausalLM.from_pretrained(HF_DIR)` after `import causalshift` (no remote code).
 
 Both get the GPT-2 tokenizer files, and the export is checked before it is written: its
-logits on a probe batch must equal the run's.
+logits on a probe batch must equal the run's. The folder is built beside HF_DIR (in
+`.NAME.causalshift-tmp-PID-N/`, with `checksums.json` for the weights) and renamed into
+place; HF_DIR is locked and its parent created and checked before the run is loaded
+(`locks.output_folder`).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,6 +23,8 @@ import torch
 from causalshift.errors import UserError
 from causalshift.gpt.io import is_export_dir, is_run_dir, load_model, state_to_hf_gpt2
 from causalshift.gpt.model import GPT
+from causalshift.io import disk_error, plain_modes, record_checksums, temp_path
+from causalshift.locks import output_folder
 
 PROBE_ATOL = 1e-4  # float32 on CPU: observed differences are ~1e-6
 
@@ -42,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{run_dir} is not a directory")
     if not (is_run_dir(run_dir) or is_export_dir(run_dir)):
         raise UserError(f"{run_dir} is not a causalshift run directory (no config.json 'model')")
-    model = load_model(run_dir)
-    out = export_model(model, args.out, tokenizer=args.tokenizer)
+    with output_folder(args.out, whole=True):  # locked, creatable, writable: before loading
+        check_target(Path(args.out))
+        model = load_model(run_dir)
+        out = export_model(model, args.out, tokenizer=args.tokenizer)
     kind = (
         "GPT2LMHeadModel" if model.config.residual.mode == "none" else "CausalShiftGPTForCausalLM"
     )
@@ -118,26 +124,37 @@ def copy_tokenizer(out: Path) -> None:
             shutil.copyfile(f, out / f.name)
 
 
-def export_model(model: GPT, out: str | Path, tokenizer: bool = True) -> Path:
-    """Write `model` as a Hugging Face folder at `out` (replaced atomically); returns `out`."""
-    out = Path(out)
+def check_target(out: Path) -> None:
+    """UserError unless `out` is missing, empty or an earlier export (which is replaced)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not is_export_dir(out):
         raise UserError(f"--out {out} is a non-empty folder that is not a causalshift export")
+
+
+def export_model(model: GPT, out: str | Path, tokenizer: bool = True) -> Path:
+    """Write `model` as a Hugging Face folder at `out` (replaced atomically); returns `out`."""
+    out = Path(out)
+    check_target(out)
     model = model.to("cpu").float().eval()
     hf = to_hf(model)
     check_same_logits(model, hf)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_path(out)
     try:
+        tmp.mkdir()
         hf.save_pretrained(tmp)
         if tokenizer:
             copy_tokenizer(tmp)
+        record_checksums(tmp, [f.name for f in tmp.glob("*.safetensors")])
+        plain_modes(tmp)  # safetensors writes 0600 files
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)
-    except BaseException:
+    except BaseException as e:
+        reason = disk_error(e, out.parent)
         shutil.rmtree(tmp, ignore_errors=True)
+        if reason:
+            raise UserError(f"cannot write {out}: {reason}") from None
         raise
     return out

@@ -8,6 +8,7 @@ from causalshift.figures.gate import plot_gate
 from causalshift.figures.loss import plot_loss
 from causalshift.figures.outputs import analyze_figures, run_figures
 from causalshift.figures.similarity import plot_similarity
+from causalshift.figures.strata import plot_strata
 from causalshift.figures.sweep import SweepSeries, plot_sweep
 from causalshift.figures.topk import plot_topk
 from causalshift.figures.val_loss import plot_val_loss
@@ -18,6 +19,7 @@ __all__ = [
     "plot_gate",
     "plot_loss",
     "plot_similarity",
+    "plot_strata",
     "plot_sweep",
     "plot_topk",
     "plot_val_loss",

@@ -30,6 +30,40 @@ def save(fig: Any, path: Path) -> Path:
     return path
 
 
+def new_figure(
+    path: Path | None, figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **kw: Any
+) -> tuple[Any, Any]:
+    """(figure, axes) for a figure saved to `path`, or returned when path is None.
+
+    A saved figure is a bare `matplotlib.figure.Figure`: no pyplot state, and the backend of
+    a notebook that calls `save` is left alone. A returned one comes from pyplot under the
+    caller's backend, so that a notebook shows it inline."""
+    if path is None:
+        import matplotlib.pyplot as plt
+
+        return plt.subplots(nrows, ncols, figsize=figsize, **kw)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def finish(fig: Any, path: Path | None) -> Any:
+    """Save a `new_figure` to `path` (atomically) and return the path; with no path, return
+    the figure itself."""
+    if path is None:
+        return fig
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight"))
+    return path
+
+
+def colormap(name: str) -> Any:
+    """A matplotlib colormap by name (without pyplot)."""
+    import matplotlib
+
+    return matplotlib.colormaps[name]
+
+
 def model_labels(models: Sequence[ModelResult], labels: Sequence[str] | None) -> list[str]:
     """The legend label of each model: the given labels, else the models' names."""
     return list(labels) if labels is not None else [m.name for m in models]

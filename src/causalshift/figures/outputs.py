@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from causalshift.figures import gate, loss, similarity, topk
+from causalshift.figures import gate, loss, similarity, strata, topk
 from causalshift.results import AnalyzeResult, read_run
 
 RUN_FIGURES_DIR = "figures"
@@ -15,13 +15,14 @@ RUN_FIGURES_DIR = "figures"
 def analyze_figures(
     result: AnalyzeResult, out: Path, metric_label: Callable[[str], str] = str
 ) -> list[Path]:
-    """topk_match.png and similarity.png of an analysis, in `out` (metric_label: see
-    `plot_topk`)."""
+    """topk_match.png, similarity.png and (when its models have strata) strata.png of an
+    analysis, in `out` (metric_label: see `plot_topk`)."""
     made = [
         topk.plot_topk(result.models, out / topk.FILE_NAME, metric_label=metric_label),
         similarity.plot_similarity(
             result.models, out / similarity.FILE_NAME, metric_label=metric_label
         ),
+        strata.plot_strata(result.models, out / strata.FILE_NAME),
     ]
     return [p for p in made if p is not None]
 

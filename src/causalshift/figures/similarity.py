@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from causalshift.figures.common import depth_axis, layer_line, layer_xs, model_labels, pyplot, save
+from causalshift.figures.common import (
+    colormap,
+    depth_axis,
+    finish,
+    layer_line,
+    layer_xs,
+    model_labels,
+    new_figure,
+)
 from causalshift.results import ModelResult
 
 FILE_NAME = "similarity.png"
@@ -13,20 +22,20 @@ FILE_NAME = "similarity.png"
 
 def plot_similarity(
     models: Sequence[ModelResult],
-    path: Path,
+    path: Path | None,
     labels: Sequence[str] | None = None,
     metric_label: Callable[[str], str] = str,
-) -> Path | None:
+) -> Any:
     """Cosine to the input and output embeddings (a random token: chance level) and the
-    normalized projection on the input->output axis, by depth; None without models.
+    normalized projection on the input->output axis, by depth, saved to `path` (returns the
+    path; with path None, returns the matplotlib Figure); None without models.
     metric_label: a result key's legend text (as in `plot_topk`); the projection has its
     own panel, so its lines carry the model's name only."""
     if not models:
         return None
-    plt = pyplot()
     normalize, xlabel = depth_axis(models)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = plt.get_cmap("tab10")
+    fig, (ax1, ax2) = new_figure(path, (11, 4), 1, 2)
+    colors = colormap("tab10")
     for i, (m, name) in enumerate(zip(models, model_labels(models, labels), strict=True)):
         xs, c = layer_xs(m, normalize), colors(i % 10)
         for key, style in (("cos_input", "--"), ("cos_output", "-o"), ("cos_random", ":")):
@@ -41,4 +50,4 @@ def plot_similarity(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax2.axhline(0.5, color="gray", lw=0.8, ls=":")
-    return save(fig, path)
+    return finish(fig, path)

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from causalshift.figures.common import depth_axis, layer_line, layer_xs, model_labels, pyplot, save
+from causalshift.figures.common import (
+    colormap,
+    depth_axis,
+    finish,
+    layer_line,
+    layer_xs,
+    model_labels,
+    new_figure,
+)
 from causalshift.results import ModelResult, common_topk_ks
 
 FILE_NAME = "topk_match.png"
@@ -13,25 +22,26 @@ FILE_NAME = "topk_match.png"
 
 def plot_topk(
     models: Sequence[ModelResult],
-    path: Path,
+    path: Path | None,
     labels: Sequence[str] | None = None,
     metric_label: Callable[[str], str] = str,
-) -> Path | None:
-    """Input (dashed) vs output (solid) top-k match by depth, one panel per k; None when
+) -> Any:
+    """Input (dashed) vs output (solid) top-k match by depth, one panel per k, saved to
+    `path` (returns the path; with path None, returns the matplotlib Figure); None when
     there is nothing to draw. metric_label: a result key's legend text (the commands pass
     the lens' metric table, `causalshift.lens.metrics.label`)."""
     ks = common_topk_ks(models)
     if not models or not ks:
         return None
-    plt = pyplot()
     normalize, xlabel = depth_axis(models)
     names = model_labels(models, labels)
-    fig, axes = plt.subplots(1, len(ks), figsize=(5.5 * len(ks), 4), squeeze=False)
-    colors = plt.get_cmap("tab10")
+    fig, axes = new_figure(path, (5.5 * len(ks), 4), 1, len(ks), squeeze=False)
+    colors = colormap("tab10")
     for ax, k in zip(axes[0], ks, strict=True):
         for i, (m, name) in enumerate(zip(models, names, strict=True)):
             xs, c = layer_xs(m, normalize), colors(i % 10)
-            for side, style in (("input", "--"), ("output", "-o")):
+            # next2 (t_(i+2), `--targets ...,next2`) is drawn where the results have it
+            for side, style in (("input", "--"), ("output", "-o"), ("next2", ":")):
                 key = f"top{k}_{side}"
                 layer_line(ax, xs, m, key, c, style, f"{name}: {metric_label(key)}")
         ax.set_title(f"top-{k} match of the logit lens")
@@ -40,4 +50,4 @@ def plot_topk(
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return save(fig, path)
+    return finish(fig, path)

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from causalshift.config import option
+from causalshift.config import check_fields, option
 from causalshift.errors import UserError
 from causalshift.gpt.residual import get_mode, mode_choices
 
@@ -23,16 +23,15 @@ class ResidualConfig:
     mode: str = option("none", f"Residual mode: {mode_choices()}.")
     cut_layer: int | None = option(None, "1-based block whose residual is cut (mode fixed).")
     alpha: float = option(
-        0.0, "A: residual coefficient at the cut (fixed), or floor of the gate: 1 - p_l (1 - A)."
+        0.0,
+        "A: residual coefficient at the cut (fixed), or floor of the gate: 1 - p_l (1 - A).",
+        ge=0,
     )
-    tau: float = option(1.0, "Gate softmax temperature: p = softmax(theta / tau).")
+    tau: float = option(1.0, "Gate softmax temperature: p = softmax(theta / tau).", gt=0)
 
     def __post_init__(self) -> None:
         mode = get_mode(self.mode)
-        if not isinstance(self.alpha, (int, float)) or not self.alpha >= 0:
-            raise UserError(f"alpha must be >= 0, got {self.alpha}")
-        if not isinstance(self.tau, (int, float)) or not self.tau > 0:
-            raise UserError(f"tau must be > 0, got {self.tau}")
+        check_fields(self)  # finite alpha >= 0, tau > 0, an integer cut layer
         mode.validate(self)
 
 
@@ -40,24 +39,21 @@ class ResidualConfig:
 class GPTConfig:
     """GPT-2 shape (nanoGPT field names) and the residual variant."""
 
-    n_layer: int = option(12, "Transformer blocks.")
-    n_head: int = option(12, "Attention heads per block.")
-    n_embd: int = option(768, "Model width d.")
-    block_size: int = option(1024, "Context length (positions).")
-    vocab_size: int = option(50257, "Vocabulary size (GPT-2 BPE: 50257).")
-    dropout: float = option(0.0, "Dropout on embeddings, attention and residual branches.")
+    n_layer: int = option(12, "Transformer blocks.", ge=1)
+    n_head: int = option(12, "Attention heads per block.", ge=1)
+    n_embd: int = option(768, "Model width d.", ge=1)
+    block_size: int = option(1024, "Context length (positions).", ge=1)
+    vocab_size: int = option(50257, "Vocabulary size (GPT-2 BPE: 50257).", ge=1)
+    dropout: float = option(
+        0.0, "Dropout on embeddings, attention and residual branches.", ge=0, lt=1
+    )
     bias: bool = option(True, "Biases in Linear layers and LayerNorms (GPT-2: true).")
     residual: ResidualConfig = option(ResidualConfig(), "Residual variant.", cli=False)
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        check_fields(self)  # positive integer sizes, dropout in [0, 1)
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if not isinstance(self.residual, ResidualConfig):
             raise UserError(f"residual must be a ResidualConfig, got {type(self.residual)}")
         k = self.residual.cut_layer

@@ -4,7 +4,8 @@ A run directory holds `config.json` with a top-level "model" key (`GPTConfig.to_
 and `model.safetensors`. An export folder (`causalshift export`) holds an HF `config.json`
 (model_type `gpt2` or `causalshift_gpt`) and `model.safetensors` in HF layout. Both load
 with `load_model`. A missing, truncated or corrupt file is a `UserError`, never a silent
-fresh initialisation.
+fresh initialisation: the weights' sha256, recorded in `checksums.json` beside them when they
+were written (runs and exports of earlier versions have none), is checked on every load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 from causalshift.errors import UserError
 from causalshift.gpt.config import GPTConfig, ResidualConfig
 from causalshift.gpt.model import GPT
-from causalshift.io import atomic_write, read_json_object
+from causalshift.io import atomic_write, read_json_object, verify_checksum
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -49,22 +50,25 @@ def model_state_dict(model: GPT) -> dict[str, Tensor]:
 def save_model(model: GPT, path: str | os.PathLike) -> Path:
     """Write `path/model.safetensors` (or `path` itself if it ends in .safetensors) atomically.
 
-    The model config rides along in the safetensors metadata ("causalshift_model")."""
+    The model config rides along in the safetensors metadata ("causalshift_model"); the
+    file's sha256 goes to `checksums.json` beside it."""
     from safetensors.torch import save_file
 
     target = _weights_path(path)
     tensors = model_state_dict(model)
     meta = {"format": "pt", "causalshift_model": json.dumps(model.config.to_dict())}
-    return atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata=meta), checksum=True)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
-    """All tensors of a safetensors file; clear UserError when missing or unreadable."""
+    """All tensors of a safetensors file; clear UserError when missing, unreadable or not
+    matching its recorded checksum."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found")
+    verify_checksum(path)
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types (and OSError)

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from causalshift import runtime
-from causalshift.config import add_config_arguments, config_overrides, int_list, option
+from causalshift.config import (
+    add_config_arguments,
+    check_fields,
+    config_overrides,
+    int_list,
+    option,
+    str_list,
+)
 from causalshift.errors import UserError
+from causalshift.locks import output_folder
 from causalshift.results import AnalyzeData, AnalyzeResult, LayerRow, ModelResult, ShiftLayers
 
 if TYPE_CHECKING:
@@ -46,13 +56,19 @@ class AnalyzeConfig:
     num_seqs: int | None = option(
         None,
         f"Sequences to analyse (default {GPU_DEFAULT_SEQS} on GPU, {CPU_DEFAULT_SEQS} on CPU).",
+        ge=1,
     )
-    seq_len: int = option(128, "Tokens per sequence, BOS included when the tokenizer adds one.")
+    seq_len: int = option(
+        128, "Tokens per sequence, BOS included when the tokenizer adds one.", ge=3
+    )
     batch_size: int | None = option(
-        None, "Sequences per forward pass (default 8 on CPU, 16 on GPU)."
+        None, "Sequences per forward pass (default 8 on CPU, 16 on GPU).", ge=1
     )
     topk: tuple[int, ...] = option(
-        (1, 5), "Comma-separated k values for top-k match.", parse=int_list
+        (1, 5),
+        "Comma-separated k values for top-k match (each below the vocabulary size).",
+        parse=int_list,
+        ge=1,
     )
     dtype: str = option(
         "auto",
@@ -68,11 +84,23 @@ class AnalyzeConfig:
     )
     out: str | None = option(None, "Output folder (default runs/analyze-<timestamp>).")
     plots: bool = option(True, "Write topk_match.png and similarity.png.")
-    seed: int = option(0, "Seed of the random-token baseline (cos_random).")
+    seed: int = option(0, "Seed of the random-token baseline (cos_random).", ge=0, le=2**63 - 1)
     vocab_chunk: int | None = option(
         None,
         "Vocabulary columns decoded at once, the working set is positions x this "
         "(default 4096 on CPU, where the chunk's logits then stay in cache, 16384 on GPU).",
+        ge=1,
+    )
+    targets: tuple[str, ...] = option(
+        ("input", "output"),
+        "Comma-separated targets: input (t_i) and output (t_(i+1)) always, next2 (t_(i+2)) "
+        "adds top{k}_next2 columns.",
+        parse=str_list,
+    )
+    save_positions: bool = option(
+        False,
+        "Write positions.parquet: one row per model x sequence x position x layer with exact "
+        "ranks (slower: every rank is decoded uncapped; see docs/method.md).",
     )
 
     def __post_init__(self) -> None:
@@ -80,18 +108,17 @@ class AnalyzeConfig:
             raise UserError("give at least one --model")
         if len(set(self.model)) != len(self.model):
             raise UserError("each --model may be given once")
-        if not self.topk or any(k < 1 for k in self.topk):
-            raise UserError(f"--topk values must be >= 1, got {','.join(map(str, self.topk))}")
-        if self.num_seqs is not None and self.num_seqs < 1:
-            raise UserError("--num-seqs must be >= 1")
-        if self.seq_len < 3:
-            raise UserError("--seq-len must be >= 3")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UserError("--batch-size must be >= 1")
-        if self.vocab_chunk is not None and self.vocab_chunk < 1:
-            raise UserError("--vocab-chunk must be >= 1")
+        if not self.topk:
+            raise UserError("--topk needs at least one value, e.g. 1,5")
+        check_fields(self, as_options=True)  # each number: finite, in its field's range
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from causalshift.lens.metrics import check_targets
+
+        try:
+            object.__setattr__(self, "targets", check_targets(self.targets))
+        except ValueError as e:
+            raise UserError(f"--targets: {e}") from None
 
     def resolved(self) -> AnalyzeConfig:
         """Fill the hardware-dependent defaults (device, num_seqs, batch_size, vocab_chunk,
@@ -130,55 +157,101 @@ def analyze(cfg: AnalyzeConfig) -> Path | None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
-    weight_dtype, lens_dtype = runtime.lens_dtypes(cfg.dtype, cfg.device)
     info = runtime.setup(cfg.device)
+    hold = contextlib.ExitStack()  # --out: created, writable and locked before any model loads
     try:
-        models = [analyze_model(cfg, spec, info, weight_dtype, lens_dtype) for spec in cfg.model]
-        if not info.is_main:
+        if info.is_main:
+            hold.enter_context(output_folder(out))
+        result = measure(cfg, cfg.model, info=info, progress=info.is_main)
+        if result is None:
             return None
-        result = AnalyzeResult(
-            data=AnalyzeData(spec=cfg.data, num_sequences=cfg.num_seqs, seq_len=cfg.seq_len),
-            models=models,
-            config={
-                **dataclasses.asdict(cfg),
-                "lens_dtype": str(lens_dtype).replace("torch.", ""),
-                "world_size": info.world_size,
-                "ci95_method": "normal approximation over per-sequence means",
-            },
-            environment=environment(info.device),
-        )
-        result.write(out)
-        if cfg.plots:
-            from causalshift.figures import analyze_figures
-            from causalshift.lens.metrics import label
-
-            analyze_figures(result, out, metric_label=label)
+        write_outputs(result, out, plots=cfg.plots)
         return out
     finally:
+        hold.close()
         runtime.teardown()
 
 
-def analyze_model(
+def measure(
     cfg: AnalyzeConfig,
-    spec: str,
+    models: Sequence[str | LensModel],
+    *,
+    info: runtime.DistInfo | None = None,
+    tokens_for: Callable[[LensModel], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> AnalyzeResult | None:
+    """The one measurement behind `causalshift analyze` and `causalshift.measure`: run the
+    lens on each model (a SPEC, loaded in turn, or a `LensModel` already in memory) over the
+    token windows of cfg.data (or `tokens_for(lm)`); None on ranks other than 0.
+
+    cfg must be `resolved()`; info: this process's rank and device (default: one process on
+    cfg.device, no process group); progress: show progress bars."""
+    info = info or runtime.DistInfo(0, 0, 1, runtime.resolve_device(cfg.device))
+    weight_dtype, lens_dtype = runtime.lens_dtypes(cfg.dtype, cfg.device)
+    results = [
+        measure_model(cfg, m, info, weight_dtype, lens_dtype, tokens_for, progress) for m in models
+    ]
+    if not info.is_main:
+        return None
+    return AnalyzeResult(
+        data=AnalyzeData(spec=cfg.data, num_sequences=cfg.num_seqs, seq_len=cfg.seq_len),
+        models=results,
+        config={
+            **dataclasses.asdict(cfg),
+            "lens_dtype": str(lens_dtype).replace("torch.", ""),
+            "world_size": info.world_size,
+            "ci95_method": "normal approximation over per-sequence means",
+        },
+        environment=environment(info.device),
+    )
+
+
+def write_outputs(result: AnalyzeResult, out: Path, *, plots: bool = True) -> None:
+    """The files of an analysis in `out`: results.json, layers.csv and (plots) the figures."""
+    result.write(out)
+    if plots:
+        from causalshift.figures import analyze_figures
+        from causalshift.lens.metrics import label
+
+        analyze_figures(result, out, metric_label=label)
+
+
+def measure_model(
+    cfg: AnalyzeConfig,
+    model: str | LensModel,
     info: runtime.DistInfo,
     weight_dtype: torch.dtype,
     lens_dtype: torch.dtype,
+    tokens_for: Callable[[LensModel], torch.Tensor] | None = None,
+    progress: bool = True,
 ) -> ModelResult:
-    """Load one model SPEC and run the lens on this rank's share of the sequences; the
-    result is summed over ranks (every rank returns the same)."""
+    """Load one model SPEC (or take a loaded model) and run the lens on this rank's share of
+    the sequences; the result is summed over ranks (every rank returns the same)."""
     import torch
 
     from causalshift.corpus import token_sequences
     from causalshift.lens.engine import reduce_run, run_lens
-    from causalshift.lens.models import load
+    from causalshift.lens.models import LensModel, load
 
-    lm = load(spec, dtype=weight_dtype, device=info.device, device_map=cfg.device_map)
+    if isinstance(model, LensModel):
+        lm = model
+    else:
+        lm = load(model, dtype=weight_dtype, device=info.device, device_map=cfg.device_map)
     if lm.max_positions and cfg.seq_len > lm.max_positions:
         raise UserError(
             f"--seq-len {cfg.seq_len} exceeds {lm.name}'s context of {lm.max_positions} tokens"
         )
-    tokens = token_sequences(lm.tokenizer, cfg.data, cfg.num_seqs, cfg.seq_len, name=lm.name)
+    vocab = int(lm.unembed.shape[0])
+    if max(cfg.topk) >= vocab:  # every token is in the top V: each rate would be 1
+        raise UserError(
+            f"--topk {max(cfg.topk)} is not below {lm.name}'s vocabulary of {vocab} tokens"
+        )
+    if tokens_for is not None:
+        tokens = tokens_for(lm)
+    else:
+        tokens = token_sequences(
+            lm.tokenizer, cfg.data, cfg.num_seqs, cfg.seq_len, name=lm.name, progress=progress
+        )
     run = run_lens(
         lm,
         tokens,
@@ -187,8 +260,10 @@ def analyze_model(
         compute_dtype=lens_dtype,
         vocab_chunk=cfg.vocab_chunk,
         seed=cfg.seed,
-        progress=info.is_main,
+        progress=progress and info.is_main,
         seq_indices=torch.arange(info.rank, cfg.num_seqs, info.world_size),
+        targets=cfg.targets,
+        save_positions=cfg.save_positions,
     )
     return model_result(cfg, lm, tokens, run, *reduce_run(run))
 
@@ -204,6 +279,8 @@ def model_result(
 ) -> ModelResult:
     """One model's entry of results.json from its (rank-summed) lens run."""
     from causalshift.lens.metrics import shift_layers
+    from causalshift.lens.positions import model_positions
+    from causalshift.lens.strata import model_strata
 
     layers = run.accumulator.layer_summary()
     k = max(cfg.topk)
@@ -226,6 +303,8 @@ def model_result(
         lens_screens=list(run.screens),
         seconds=seconds,
         tokens_per_second=cfg.num_seqs * cfg.seq_len / seconds if seconds > 0 else None,
+        strata=model_strata(run.strata, k),
+        positions=model_positions(run.positions, run.first_position, lm, tokens),
     )
 
 

@@ -22,7 +22,9 @@ from causalshift import runtime
 from causalshift.lens import metrics as M
 from causalshift.lens.kernels import band_entries, kernels_for
 from causalshift.lens.models import LensModel
+from causalshift.lens.positions import PositionRecorder, PositionRecords
 from causalshift.lens.screen import Int8Screen, Screen, ScreenChunk, ScreenRows, make_screen
+from causalshift.lens.strata import StrataAccumulator, stratify
 
 # With the int8 screen, the first columns (the text's own tokens, where most rows are decided
 # and many targets sit near the threshold) go through the bf16 screen, whose band is several
@@ -42,11 +44,12 @@ class LensAccumulator:
     num_layers: int
     topk: tuple[int, ...]
     num_seqs: int
+    targets: tuple[str, ...] = M.DEFAULT_TARGETS
     sums: Tensor = field(init=False)
     counts: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.names = M.metric_names(self.topk)
+        self.names = M.metric_names(self.topk, self.targets)
         shape = (self.num_seqs, self.num_layers + 1, len(self.names))
         self.sums = torch.zeros(shape, dtype=torch.float64)
         self.counts = torch.zeros(self.num_seqs, len(self.names), dtype=torch.float64)
@@ -419,43 +422,77 @@ def batch_metrics(
     weights: LensWeights,
     topk: tuple[int, ...],
     cache: TokenRankCache | None = None,
+    *,
+    next2: Tensor | None = None,
+    targets: tuple[str, ...] = M.DEFAULT_TARGETS,
+    max_rank: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """All metrics of every layer for flattened positions, decoded in one pass.
 
     hn (Lp, N, d) normed states of Lp layers, layer 0 first; inputs/outputs/randoms (N,)
-    token ids. All layers go through one `decode_ranks` call: its chunk matmuls get Lp x
-    more rows. With `cache`, a layer-0 row whose input rank is known (or decoded on another
-    row of the batch) asks for its output token twice instead, which costs nothing extra.
-    Returns values (Lp, N, M) in `metrics.metric_table` order and a validity mask (N, M)
-    (metrics on "shift" positions skip t_i == t_{i+1}).
+    token ids; next2 (N,) t_{i+2}, -1 where past the end (needed for the next2 target).
+    Returns values (Lp, N, M) in `metrics.metric_table(topk, targets)` order and a validity
+    mask (N, M) (see `lens_inputs` for the ranks, `metric_values` for the mask).
+    """
+    seen = lens_inputs(hn, inputs, outputs, randoms, weights, max_rank or max(topk), cache, next2)
+    return metric_values(seen, inputs, outputs, next2, M.metric_table(topk, targets))
+
+
+def lens_inputs(
+    hn: Tensor,
+    inputs: Tensor,
+    outputs: Tensor,
+    randoms: Tensor,
+    weights: LensWeights,
+    max_rank: int,
+    cache: TokenRankCache | None = None,
+    next2: Tensor | None = None,
+) -> M.LensInputs:
+    """The ranks (capped at max_rank) and vectors the metrics read, for hn (Lp, N, d).
+
+    All layers go through one `decode_ranks` call: its chunk matmuls get Lp x more rows.
+    With `cache`, a layer-0 row whose input rank is known (or decoded on another row of the
+    batch) asks for its output token twice instead, which costs nothing extra. With next2
+    (N,), a third target; rows without one (-1) decode t_{i+1} again, masked later.
     """
     n_layers, n, d = hn.shape
     plan = None if cache is None else cache.plan(hn[0], inputs)
     first_in = inputs if plan is None else torch.where(plan.decode, inputs, outputs)
-    ranks = decode_ranks(
-        hn.reshape(n_layers * n, d),
-        weights,
-        (torch.cat([first_in, inputs.repeat(n_layers - 1)]), outputs.repeat(n_layers)),
-        max(topk),
-    )
-    rank_in, rank_out = (r.reshape(n_layers, n) for r in ranks)
+    targets = [torch.cat([first_in, inputs.repeat(n_layers - 1)]), outputs.repeat(n_layers)]
+    if next2 is not None:
+        targets.append(torch.where(next2 >= 0, next2, outputs).repeat(n_layers))
+    ranks = decode_ranks(hn.reshape(n_layers * n, d), weights, tuple(targets), max_rank)
+    rank_in, rank_out, *rank_next2 = (r.reshape(n_layers, n) for r in ranks)
     if plan is not None:
         assert cache is not None
         rank_in[0] = cache.resolve(plan, rank_in[0])
-    seen = M.LensInputs(
+    return M.LensInputs(
         states=hn.float(),
         input_rank=rank_in,
         output_rank=rank_out,
         input_embed=weights.embed_f32[inputs],  # (N, d), broadcast over layers
         output_unembed=weights.unembed_f32[outputs],
         random_embed=weights.embed_f32[randoms],
+        next2_rank=rank_next2[0] if rank_next2 else None,
     )
-    columns = M.metric_table(topk)
+
+
+def metric_values(
+    seen: M.LensInputs,
+    inputs: Tensor,
+    outputs: Tensor,
+    next2: Tensor | None,
+    columns: list[M.Column],
+) -> tuple[Tensor, Tensor]:
+    """values (Lp, N, M) of the columns and their validity mask (N, M): "shift" metrics
+    skip t_i == t_{i+1}, "next2" metrics the positions without a t_{i+2}."""
     values = torch.stack([c.values(seen) for c in columns], dim=-1)  # (Lp, N, M)
     valid = torch.ones(values.shape[1:], dtype=torch.bool, device=values.device)
     for j, column in enumerate(columns):
-        if column.shift_only:
+        if column.positions == "shift":
             valid[:, j] = inputs != outputs
+        elif column.positions == "next2":
+            valid[:, j] = next2 >= 0 if next2 is not None else False
     return values, valid
 
 
@@ -470,6 +507,10 @@ class LensRun:
     tokens: int
     reused_layer0_ranks: int = 0  # positions whose layer-0 input rank came from the cache
     screens: tuple[str, ...] = ()  # the screens' dtypes, in vocabulary order
+    strata: StrataAccumulator | None = None  # per-stratum sums (lens/strata.py)
+    positions: PositionRecords | None = None  # per-position records (save_positions)
+    first_position: int = 0  # s: positions are s..T-2
+    save_positions: bool = False
 
 
 def run_lens(
@@ -484,6 +525,9 @@ def run_lens(
     progress: bool = True,
     seq_indices: Tensor | None = None,
     reuse_layer0: bool = True,
+    targets: tuple[str, ...] = M.DEFAULT_TARGETS,
+    save_positions: bool = False,
+    strata: bool = True,
 ) -> LensRun:
     """Accumulate every metric at every layer over `tokens` (S, T).
 
@@ -491,7 +535,12 @@ def run_lens(
     seq_indices selects the sequences this process handles (torchrun ranks split them);
     rows of the accumulator for other sequences stay zero, so ranks' accumulators add up.
     reuse_layer0: reuse layer-0 input ranks across repeated tokens (`TokenRankCache`).
+    targets: `metrics.TARGETS` to measure (next2 adds the top{k}_next2 columns).
+    save_positions: keep every position's exact ranks (all three targets), cosines and
+    projection (`LensRun.positions`); ranks are then decoded uncapped (slower).
+    strata: per-stratum sums (`LensRun.strata`, lens/strata.py).
     """
+    targets = M.check_targets(targets)
     num_seqs, seq_len = tokens.shape
     s = M.first_position(tokens, lm.bos_token_id)
     if seq_len - 1 - s < 1:
@@ -501,8 +550,8 @@ def run_lens(
     indices = torch.arange(num_seqs) if seq_indices is None else seq_indices
     first = by_frequency(tokens[indices])
     weights = LensWeights.prepare(lm, compute_dtype, vocab_chunk, first=first)
-    acc = LensAccumulator(lm.num_layers, topk, num_seqs)
-    cache = TokenRankCache() if reuse_layer0 else None
+    acc = LensAccumulator(lm.num_layers, topk, num_seqs, targets)
+    sink = _BatchSink.create(lm, weights, tokens, s, acc, reuse_layer0, strata, save_positions)
     gen = torch.Generator().manual_seed(seed)
     randoms = torch.randint(0, weights.vocab_size, (num_seqs, seq_len - 1 - s), generator=gen)
     excluded = 0
@@ -517,7 +566,7 @@ def run_lens(
     with torch.inference_mode():
         for start in range(0, len(indices), batch_size):
             idx = indices[start : start + batch_size]
-            excluded += _accumulate(lm, tokens[idx], randoms[idx], idx, s, weights, acc, cache)
+            excluded += sink.add(tokens[idx], randoms[idx], idx)
             bar.update(len(idx) * seq_len)
     bar.close()
     seconds = time.perf_counter() - t0
@@ -527,54 +576,124 @@ def run_lens(
         excluded_projection_positions=excluded,
         seconds=seconds,
         tokens=len(indices) * seq_len,
-        reused_layer0_ranks=0 if cache is None else cache.hits,
+        reused_layer0_ranks=0 if sink.cache is None else sink.cache.hits,
         screens=tuple(str(sc.dtype).replace("torch.", "") for sc in weights.screens),
+        strata=sink.strata,
+        positions=None if sink.recorder is None else sink.recorder.records(),
+        first_position=s,
+        save_positions=save_positions,
     )
 
 
-def _accumulate(
-    lm: LensModel,
-    batch: Tensor,
-    randoms: Tensor,
-    idx: Tensor,
-    s: int,
-    weights: LensWeights,
-    acc: LensAccumulator,
-    cache: TokenRankCache | None,
-) -> int:
-    """Add one batch's metrics (batch (B, T), the sequences idx of acc) at positions s..T-2;
-    returns how many positions have t_i == t_{i+1} (left out of the "shift" metrics)."""
-    seq_len = batch.shape[1]
-    device = weights.unembed_f32.device
-    norm_device = next(lm.norm.parameters(), weights.unembed_f32).device
-    states = residual_stream(lm, batch)
-    inputs = batch[:, s : seq_len - 1].to(device)  # (B, P): t_i
-    outputs = batch[:, s + 1 :].to(device)  # (B, P): t_{i+1}
-    n_b, n_p = inputs.shape
-    flat = (inputs.reshape(-1), outputs.reshape(-1), randoms.to(device).reshape(-1))
-    hn = torch.stack(
-        [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
-    )  # (L+1, B, P, d)
-    values, valid = batch_metrics(
-        hn.reshape(len(states), n_b * n_p, -1), *flat, weights, acc.topk, cache
-    )
-    values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
-    acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)
-    acc.counts[idx] += valid.reshape(n_b, n_p, -1).sum(1).double().cpu()
-    return int((flat[0] == flat[1]).sum())
+@dataclass
+class _BatchSink:
+    """Where one run's batches go: the accumulator, the strata, the position recorder."""
+
+    lm: LensModel
+    weights: LensWeights
+    first: int  # s: positions s..T-2
+    acc: LensAccumulator
+    cache: TokenRankCache | None
+    strata: StrataAccumulator | None
+    recorder: PositionRecorder | None
+    next2: bool  # decode t_{i+2} too
+    max_rank: int
+
+    @classmethod
+    def create(
+        cls,
+        lm: LensModel,
+        weights: LensWeights,
+        tokens: Tensor,
+        first: int,
+        acc: LensAccumulator,
+        reuse_layer0: bool,
+        strata: bool,
+        save_positions: bool,
+    ) -> _BatchSink:
+        """The sink of a `run_lens` call (its arguments of the same names)."""
+        return cls(
+            lm=lm,
+            weights=weights,
+            first=first,
+            acc=acc,
+            cache=TokenRankCache() if reuse_layer0 else None,
+            strata=StrataAccumulator(stratify(tokens, first), lm.num_layers, acc.names)
+            if strata
+            else None,
+            recorder=PositionRecorder() if save_positions else None,
+            next2="next2" in acc.targets or save_positions,
+            # exact ranks for the positions file; else only whether rank < max(topk) matters
+            max_rank=weights.vocab_size if save_positions else max(acc.topk),
+        )
+
+    def add(self, batch: Tensor, randoms: Tensor, idx: Tensor) -> int:
+        """Add one batch's metrics (batch (B, T), the sequences idx of the accumulator) at
+        positions s..T-2; returns how many positions have t_i == t_{i+1} (left out of the
+        "shift" metrics)."""
+        lm, weights, s = self.lm, self.weights, self.first
+        seq_len = batch.shape[1]
+        device = weights.unembed_f32.device
+        norm_device = next(lm.norm.parameters(), weights.unembed_f32).device
+        states = residual_stream(lm, batch)
+        inputs = batch[:, s : seq_len - 1].to(device)  # (B, P): t_i
+        outputs = batch[:, s + 1 :].to(device)  # (B, P): t_{i+1}
+        n_b, n_p = inputs.shape
+        flat = (inputs.reshape(-1), outputs.reshape(-1), randoms.to(device).reshape(-1))
+        next2 = None
+        if self.next2:  # (B, P): t_{i+2}, -1 at the last position
+            next2 = torch.cat([batch[:, s + 2 :].to(device), inputs.new_full((n_b, 1), -1)], 1)
+            next2 = next2.reshape(-1)
+        hn = torch.stack(
+            [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
+        )  # (L+1, B, P, d)
+        hn = hn.reshape(len(states), n_b * n_p, -1)
+        seen = lens_inputs(hn, *flat, weights, self.max_rank, self.cache, next2)
+        columns = M.metric_table(self.acc.topk, self.acc.targets)
+        values, valid = metric_values(seen, flat[0], flat[1], next2, columns)
+        values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
+        valid = valid.reshape(n_b, n_p, -1)
+        self.acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)
+        self.acc.counts[idx] += valid.sum(1).double().cpu()
+        if self.strata is not None:
+            self.strata.add(idx, values, valid)
+        if self.recorder is not None:
+            self._record(idx, seen, values, valid, next2)
+        return int((flat[0] == flat[1]).sum())
+
+    def _record(
+        self, idx: Tensor, seen: M.LensInputs, values: Tensor, valid: Tensor, next2: Tensor
+    ) -> None:
+        """Keep the batch's per-position ranks (exact: max_rank is the vocabulary size)."""
+        assert self.recorder is not None and seen.next2_rank is not None
+        n_layers, (n_b, n_p) = values.shape[0], valid.shape[:2]
+        rank_next2 = torch.where(next2 >= 0, seen.next2_rank, -1)
+        ranks = {
+            "rank_input": seen.input_rank,
+            "rank_output": seen.output_rank,
+            "rank_next2": rank_next2,
+        }
+        ranks = {k: v.reshape(n_layers, n_b, n_p) for k, v in ranks.items()}
+        self.recorder.add(idx, ranks, values, valid, self.acc.names)
 
 
 def reduce_run(run: LensRun) -> tuple[int, int, float]:
-    """Sum the accumulator over torchrun ranks in place (ranks' sequences do not overlap, so
-    the sum is exact); returns (positions, excluded positions, the slowest rank's seconds)."""
+    """Sum the accumulator (and the strata) over torchrun ranks in place (ranks' sequences do
+    not overlap, so the sum is exact) and gather the position records; returns (positions,
+    excluded positions, the slowest rank's seconds)."""
     acc = run.accumulator
     stats = torch.tensor(
         [run.num_positions, run.excluded_projection_positions, run.seconds], dtype=torch.float64
     )
     if runtime.is_distributed():
         device = runtime.collective_device()
-        for t in (acc.sums, acc.counts):
+        parts = [acc.sums, acc.counts]
+        if run.strata is not None:
+            parts += [run.strata.sums, run.strata.counts]
+        for t in parts:
             t.copy_(runtime.all_reduce_sum(t.to(device)).cpu())
+        if run.save_positions:
+            run.positions = PositionRecords.merge(runtime.gather_objects(run.positions))
         head = runtime.all_reduce_sum(stats[:2].to(device))
         slowest = runtime.all_reduce_max(stats[2:].to(device))
         stats = torch.cat([head.cpu(), slowest.cpu()])

@@ -24,6 +24,15 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 
+# The targets a position can be decoded against: t_i, t_{i+1}, and t_{i+2} (the token after
+# next, as in Future Lens). Input and output are always measured; next2 only when asked for.
+TARGETS = ("input", "output", "next2")
+DEFAULT_TARGETS = ("input", "output")
+OPTIONAL_TARGETS = ("next2",)
+# Which positions a metric averages over (see `Metric.positions`).
+POSITION_SETS = ("all", "shift", "next2")
+
+
 @dataclass(frozen=True)
 class LensInputs:
     """What a metric sees for one batch: Lp layers x N positions."""
@@ -34,6 +43,7 @@ class LensInputs:
     input_embed: Tensor  # (N, d) float32 W_E[t_i]
     output_unembed: Tensor  # (N, d) float32 U[t_{i+1}]
     random_embed: Tensor  # (N, d) float32 W_E[r], r a uniformly random token (chance level)
+    next2_rank: Tensor | None = None  # (Lp, N) rank of t_{i+2} (only with the next2 target)
 
 
 @dataclass(frozen=True)
@@ -43,17 +53,23 @@ class Metric:
     name: the result key; a name with "{k}" is one column per `--topk` value.
     label: the legend text of its curve in the figures.
     value: (inputs, k) -> (Lp, N) values (k is None for metrics without "{k}").
-    positions: "all", or "shift" for positions with t_i != t_{i+1} only.
+    positions: "all", "shift" for positions with t_i != t_{i+1} only, or "next2" for
+        positions that have a t_{i+2} (all but the last).
+    needs: the optional targets (`OPTIONAL_TARGETS`) the metric reads: it is a column only
+        when every one of them is asked for (`--targets`).
     """
 
     name: str
     label: str
     value: Callable[[LensInputs, int | None], Tensor]
     positions: str = "all"
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.positions not in ("all", "shift"):
-            raise ValueError(f"metric {self.name}: positions must be 'all' or 'shift'")
+        if self.positions not in POSITION_SETS:
+            raise ValueError(f"metric {self.name}: positions must be one of {POSITION_SETS}")
+        if not set(self.needs) <= set(OPTIONAL_TARGETS):
+            raise ValueError(f"metric {self.name}: needs must be among {OPTIONAL_TARGETS}")
 
     @property
     def per_k(self) -> bool:
@@ -75,10 +91,21 @@ class Column:
     def shift_only(self) -> bool:
         return self.metric.positions == "shift"
 
+    @property
+    def positions(self) -> str:
+        return self.metric.positions
+
 
 METRICS: tuple[Metric, ...] = (
     Metric("top{k}_input", "input t_i", lambda x, k: topk_hits(x.input_rank, k)),
     Metric("top{k}_output", "output t_(i+1)", lambda x, k: topk_hits(x.output_rank, k)),
+    Metric(
+        "top{k}_next2",
+        "next-but-one t_(i+2)",
+        lambda x, k: topk_hits(x.next2_rank, k),
+        positions="next2",  # the last position has no t_{i+2}
+        needs=("next2",),
+    ),
     Metric("cos_input", "input", lambda x, k: cosine(x.states, x.input_embed)),
     Metric("cos_output", "output", lambda x, k: cosine(x.states, x.output_unembed)),
     Metric("cos_random", "random token", lambda x, k: cosine(x.states, x.random_embed)),
@@ -91,16 +118,28 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
-def metric_table(topk: Sequence[int]) -> list[Column]:
+def metric_table(topk: Sequence[int], targets: Sequence[str] = DEFAULT_TARGETS) -> list[Column]:
     """The columns in result order: the "{k}" metrics for each k in turn, then the others,
-    each group in table order."""
-    cols = [Column(m.name.format(k=k), m, k) for k in topk for m in METRICS if m.per_k]
-    return cols + [Column(m.name, m, None) for m in METRICS if not m.per_k]
+    each group in table order; metrics that need a target not in `targets` are left out."""
+    table = [m for m in METRICS if set(m.needs) <= set(targets)]
+    cols = [Column(m.name.format(k=k), m, k) for k in topk for m in table if m.per_k]
+    return cols + [Column(m.name, m, None) for m in table if not m.per_k]
 
 
-def metric_names(topk: Sequence[int]) -> list[str]:
+def metric_names(topk: Sequence[int], targets: Sequence[str] = DEFAULT_TARGETS) -> list[str]:
     """The result keys in column order (e.g. top1_input, top1_output, ..., projection)."""
-    return [c.name for c in metric_table(topk)]
+    return [c.name for c in metric_table(topk, targets)]
+
+
+def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
+    """`targets` in canonical order (`TARGETS`); ValueError unless it holds input and output
+    and nothing unknown."""
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown target {unknown[0]!r} (choose from {', '.join(TARGETS)})")
+    if not set(DEFAULT_TARGETS) <= set(targets):
+        raise ValueError("the targets must include input and output")
+    return tuple(t for t in TARGETS if t in targets)
 
 
 def label(name: str) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from causalshift.cache import cache_dir
@@ -276,11 +277,18 @@ def _from_hf_folder(
     """`from_pretrained` on a local folder or hub id, with one-line errors."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from causalshift.corpus.tokenizer import TOKENIZER_FILES, has_tokenizer_files
+
     _register_causalshift_classes()
     try:
         config = AutoConfig.from_pretrained(where)
         if getattr(config, "model_type", None) not in FAMILIES:
             raise _unsupported(name, config.model_type)
+        if Path(where).is_dir() and not has_tokenizer_files(where):
+            raise UserError(
+                f"{where} has no tokenizer ({', '.join(TOKENIZER_FILES)}): save the model's "
+                "tokenizer into the folder (tokenizer.save_pretrained(FOLDER))"
+            )
         # transformers 5 may overwrite the last hidden state with the normed output; the lens
         # reads block outputs through hooks, but keep the pre-norm stream for anyone else too.
         config.tie_last_hidden_states = False
@@ -289,10 +297,13 @@ def _from_hf_folder(
             kwargs["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(where)
+        _check_tokenizer(tokenizer, name)
     except UserError:
         raise
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, SafetensorError):  # a truncated or damaged weights file
+            first = f"{Path(where) / 'model.safetensors'} is truncated or corrupt ({first})"
         hint = (
             " (no network? only local folders and embedded models work offline)"
             if (source.startswith("hub:"))
@@ -304,6 +315,15 @@ def _from_hf_folder(
     return lens_model(model.eval(), tokenizer, name, source)
 
 
+def _check_tokenizer(tokenizer: Any, name: str) -> None:
+    """A tokenizer loaded from nothing has one token (transformers 5 does not complain)."""
+    if len(tokenizer) < 2:
+        raise UserError(
+            f"{name}: its tokenizer has {len(tokenizer)} token(s): the tokenizer files are "
+            "missing or unreadable"
+        )
+
+
 def _register_causalshift_classes() -> None:
     """Let `from_pretrained` read causalshift exports (model_type causalshift_gpt)."""
     import causalshift
@@ -311,8 +331,27 @@ def _register_causalshift_classes() -> None:
     causalshift.register_auto_classes()
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_gguf_magic(path: Path) -> None:
+    """A GGUF file starts with b"GGUF"."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise UserError(f"cannot read model file {path}: {e.strerror or e}") from None
+    if magic != b"GGUF":
+        raise UserError(f"model file {path} is not a GGUF file (it does not start with GGUF)")
+
+
 def _converted_gguf(gguf: Path, name: str) -> Path:
-    """A plain HF folder converted from a .gguf file, cached (loading GGUF takes a minute)."""
+    """A plain HF folder converted from a .gguf file, cached (loading GGUF takes a minute).
+
+    Any failure to read the file (truncated, not GGUF, an architecture transformers cannot
+    convert) is a one-line UserError naming it."""
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
     folder = cache_dir("models") / f"{name}-{key[:12]}"
@@ -321,6 +360,7 @@ def _converted_gguf(gguf: Path, name: str) -> Path:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_gguf_magic(gguf)
     with tqdm(total=3, desc=f"converting {gguf.name} (first use only)", unit="step") as bar:
         t0 = time.perf_counter()
         try:
@@ -330,8 +370,13 @@ def _converted_gguf(gguf: Path, name: str) -> Path:
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32
             )
             bar.update()
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"cannot read {gguf}: {str(e).splitlines()[0]}") from e
+        except ImportError as e:  # transformers reads GGUF with the `gguf` package
+            raise UserError(f"cannot read {gguf}: {_first_line(e)}") from e
+        except Exception as e:  # the readers raise struct.error, ValueError, IndexError, ...
+            raise UserError(
+                f"cannot read model file {gguf} (truncated, corrupt or not a supported "
+                f"GGUF model): {type(e).__name__}: {_first_line(e)}"
+            ) from e
         # The weights are dequantized already: drop the GGUF marker so it saves as plain HF.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from causalshift.errors import UserError
+from causalshift.locks import output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +29,15 @@ def run(args: argparse.Namespace) -> int:
     from causalshift.report.build import build_report
     from causalshift.report.sources import find_sources
 
-    src = find_sources(args.dirs)
-    if src.empty():
-        raise UserError(
-            "no result files found in "
-            + ", ".join(args.dirs)
-            + " (expected results.json, sweep.json, metrics.jsonl + config.json, or eval.json)"
-        )
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    md, page = build_report(src, out, [str(d) for d in args.dirs])
+    with output_folder(out):  # created, writable and locked before anything is read
+        src = find_sources(args.dirs)
+        if src.empty():
+            raise UserError(
+                "no result files found in "
+                + ", ".join(args.dirs)
+                + " (expected results.json, sweep.json, metrics.jsonl + config.json, or eval.json)"
+            )
+        md, page = build_report(src, out, [str(d) for d in args.dirs])
     print(f"wrote {md} and {page}")
     return 0

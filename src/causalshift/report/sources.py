@@ -38,6 +38,8 @@ class Sources:
     sweeps: list[tuple[Path, SweepResult]] = field(default_factory=list)
     runs: list[TrainingRun] = field(default_factory=list)
     evals: list[tuple[Path, EvalResult]] = field(default_factory=list)  # unmatched ones
+    # result files that do not hold their record ("FILE has no ..."): skipped
+    malformed: list[str] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (self.analyses or self.sweeps or self.runs or self.evals)
@@ -60,14 +62,36 @@ def _walk(root: Path) -> Iterator[tuple[Path, set[str]]]:
         yield Path(dirpath), set(filenames)
 
 
+def _analysis_problem(data: dict[str, Any]) -> str | None:
+    """Why a results.json is not an analyze result (None when it is one)."""
+    models = data.get("models")
+    if not isinstance(models, list):
+        return 'has no "models" list (not an analyze result)'
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or not isinstance(m.get("layers"), list):
+            return f'has a model entry ({i + 1}) without its "layers" list'
+        if not isinstance(m.get("num_layers"), int) or not all(
+            isinstance(r, dict) and isinstance(r.get("layer"), int) for r in m["layers"]
+        ):
+            return f'has a model entry ({i + 1}) without "num_layers" or numbered layers'
+    return None
+
+
 def _read_folder(src: Sources, evals: list[tuple[Path, EvalResult]], folder: Path, names: set[str]):
     """Add the result files among `names` in `folder` (evals are matched to runs later)."""
     if RESULTS_NAME in names:
         data = read_json(folder / RESULTS_NAME)
-        if isinstance(data.get("models"), list):
+        problem = _analysis_problem(data)
+        if problem is None:
             src.analyses.append((folder, AnalyzeResult.from_dict(data)))
+        else:
+            src.malformed.append(f"{folder / RESULTS_NAME} {problem}")
     if SWEEP_NAME in names:
-        src.sweeps.append((folder, SweepResult.from_dict(read_json(folder / SWEEP_NAME))))
+        data = read_json(folder / SWEEP_NAME)
+        if isinstance(data.get("runs", []), list):
+            src.sweeps.append((folder, SweepResult.from_dict(data)))
+        else:
+            src.malformed.append(f'{folder / SWEEP_NAME} has no "runs" list (not a sweep result)')
     if METRICS_NAME in names and RUN_CONFIG_NAME in names:
         cfg = read_json(folder / RUN_CONFIG_NAME)
         src.runs.append(TrainingRun.from_config(folder, cfg))
@@ -75,6 +99,8 @@ def _read_folder(src: Sources, evals: list[tuple[Path, EvalResult]], folder: Pat
         data = read_json(folder / EVAL_NAME)
         if isinstance(data.get("results"), list):
             evals.append((folder, EvalResult.from_dict(data)))
+        else:
+            src.malformed.append(f'{folder / EVAL_NAME} has no "results" list (not an eval result)')
 
 
 def find_sources(dirs: list[str | os.PathLike]) -> Sources:
@@ -105,4 +131,7 @@ def find_sources(dirs: list[str | os.PathLike]) -> Sources:
             run.evals.append(ev)
         else:
             src.evals.append((folder, ev))
+    if src.empty() and src.malformed:  # say why nothing was found
+        more = f" (and {len(src.malformed) - 1} more)" if len(src.malformed) > 1 else ""
+        raise UserError(f"no result files found: {src.malformed[0]}{more}")
     return src

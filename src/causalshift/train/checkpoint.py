@@ -3,7 +3,9 @@
 `train_state.pt` is the single source of truth for `--resume`: it holds the model weights
 too, with the optimizer state, the step, the data position (samples consumed) and the RNG
 states of every rank. Both files are written to a temporary file and renamed, weights
-first, so a kill at any moment leaves a complete, consistent `train_state.pt`.
+first, so a kill at any moment leaves a complete, consistent `train_state.pt`. The sha256 of
+each is recorded in `checksums.json` as it is written and checked when it is read, so bytes
+damaged later are an error, never a silent start (runs without checksums.json still load).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from causalshift.errors import UserError
-from causalshift.io import atomic_write
+from causalshift.io import atomic_write, verify_checksum
 
 STATE_NAME = "train_state.pt"
 STATE_VERSION = 1
@@ -53,19 +55,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Write `train_state.pt` atomically."""
+    """Write `train_state.pt` atomically, its checksum with it."""
     state = {"version": STATE_VERSION, **state}
-    return atomic_write(run_dir / STATE_NAME, lambda tmp: torch.save(state, tmp))
+    return atomic_write(run_dir / STATE_NAME, lambda tmp: torch.save(state, tmp), checksum=True)
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:
-    """Read `train_state.pt`; UserError if missing, truncated or corrupt."""
+    """Read `train_state.pt`; UserError if missing, truncated or corrupt (its checksum
+    differs from the one recorded when it was written)."""
     path = Path(run_dir) / STATE_NAME
     if not path.is_file():
         raise UserError(
             f"nothing to resume: {path} not found (a run stopped before its first "
             "checkpoint starts again without --resume)"
         )
+    verify_checksum(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, ...
@@ -82,9 +86,10 @@ def load_state(run_dir: Path) -> dict[str, Any]:
 
 
 def check_weights_file(path: Path) -> None:
-    """UserError if `model.safetensors` exists but cannot be read."""
+    """UserError if `model.safetensors` exists but cannot be read or fails its checksum."""
     if not path.is_file():
         return
+    verify_checksum(path)
     from safetensors import safe_open
 
     try:

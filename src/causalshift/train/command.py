@@ -9,18 +9,22 @@ torchrun --standalone --nproc_per_node=8 -m causalshift train --preset gpt2-124m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from causalshift.config import add_config_arguments, config_overrides
 from causalshift.errors import UserError
 from causalshift.gpt.residual import get_mode
 from causalshift.io import read_json_object
+from causalshift.locks import output_folder
 from causalshift.train.config import (
+    MODEL_KEYS,
     PRESET_NAMES,
+    RESUMABLE_MODEL_KEYS,
     TrainConfig,
     cli_options,
     flat_keys,
@@ -62,29 +66,58 @@ def _slug(cfg: TrainConfig) -> str:
     return get_mode(r.mode).slug(r.cut_layer, r.alpha)
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """preset -> --config FILE -> command line (or, with --resume, the run's config.json)."""
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given on the command line, with what they imply."""
     overrides = config_overrides(cli_options(), args)
-    overrides.pop("preset", None)  # --preset picks the base config below
+    overrides.pop("preset", None)  # --preset picks the base config
     if "cut_layer" in overrides and "residual" not in overrides:
         overrides["residual"] = "fixed"
     if "grad_accum" in overrides and "batch_tokens" not in overrides:
         overrides["batch_tokens"] = None  # an explicit accumulation wins over the preset's
-    if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
-        if args.preset or args.config:
-            raise UserError(
-                "--preset/--config do not combine with --resume: the run's config is used"
-            )
-        saved = read_json_object(Path(args.out) / "config.json", "nothing to resume:")
-        names = set(flat_keys())  # its "model", batch geometry, environment: derived
-        base = TrainConfig.from_dict({k: v for k, v in saved.items() if k in names})
-    else:
-        base = preset(args.preset or DEFAULT_PRESET)
-        if args.config:
-            base = TrainConfig.from_dict(load_config_file(args.config), base)
+    return overrides
+
+
+def _given_base(args: argparse.Namespace) -> TrainConfig:
+    """preset -> --config FILE."""
+    base = preset(args.preset or DEFAULT_PRESET)
+    if args.config:
+        base = TrainConfig.from_dict(load_config_file(args.config), base)
+    return base
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """preset -> --config FILE -> command line; with --resume, the run's config.json ->
+    command line (a --preset/--config given too must agree with config.json)."""
+    overrides = cli_overrides(args)
+    if not args.resume:
+        return TrainConfig.from_dict(overrides, _given_base(args))
+    if not args.out:
+        raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    path = Path(args.out) / "config.json"
+    saved = read_json_object(path, "nothing to resume:")
+    names = set(flat_keys())  # its "model", batch geometry, environment: derived
+    base = TrainConfig.from_dict({k: v for k, v in saved.items() if k in names})
+    if args.preset or args.config:  # the original command again, --resume added
+        check_same_run(base, TrainConfig.from_dict(overrides, _given_base(args)), overrides, path)
     return TrainConfig.from_dict(overrides, base)
+
+
+def check_same_run(
+    saved: TrainConfig, given: TrainConfig, overrides: dict[str, Any], path: Path
+) -> None:
+    """Refuse a --resume whose --preset/--config (and model options) differ from the run's
+    config.json, naming each field; command-line training options may change (as with
+    --resume alone: e.g. a longer --max-steps)."""
+    shaping = set(MODEL_KEYS) - set(RESUMABLE_MODEL_KEYS)
+    free = set(overrides) - shaping
+    old, new = saved.to_dict(), given.to_dict()
+    differ = [k for k in new if new[k] != old[k] and k not in free]
+    if differ:
+        fields = ", ".join(f"{k} (saved {old[k]!r}, given {new[k]!r})" for k in differ)
+        raise UserError(
+            f"--resume: the options differ from {path}: {fields}; give the run's own "
+            "options, or just --resume --out RUN_DIR to continue with its config"
+        )
 
 
 def _quiet_openmp() -> None:
@@ -97,15 +130,19 @@ def _quiet_openmp() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _run_dir(args: argparse.Namespace, cfg: TrainConfig, is_main: bool) -> Path:
-    """--out (or a time-stamped name, rank 0's); a new run clears a start that never
-    checkpointed and refuses a run that did."""
+def _run_dir(
+    args: argparse.Namespace, cfg: TrainConfig, is_main: bool, hold: contextlib.ExitStack
+) -> Path:
+    """--out (or a time-stamped name, rank 0's), locked by rank 0 into `hold`; a new run
+    clears a start that never checkpointed and refuses a run that did."""
     from causalshift import runtime
     from causalshift.train.checkpoint import STATE_NAME
     from causalshift.train.runlog import METRICS_NAME, SUMMARY_NAME
 
     out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.preset}-{_slug(cfg)}"
     run_dir = Path(runtime.broadcast_object(out))
+    if is_main:  # one writer per run directory, checked before the checkpoint test below
+        hold.enter_context(output_folder(run_dir, "run directory"))
     if not args.resume and (run_dir / STATE_NAME).exists():
         raise UserError(
             f"{run_dir} already holds a run with a checkpoint: pass --resume to continue "
@@ -145,9 +182,10 @@ def run(args: argparse.Namespace) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = runtime.setup(cfg.device)
+    hold = contextlib.ExitStack()  # the run directory's lock, held to the end of the run
     try:
         cfg.grad_accum_for(info.world_size)  # batch divisibility, before any work
-        run_dir = _run_dir(args, cfg, info.is_main)
+        run_dir = _run_dir(args, cfg, info.is_main, hold)
         if info.is_main:  # rank 0 prepares the data (once, cached), the others wait
             data_dir = resolve_data(cfg.data, progress=args.progress)
         runtime.barrier()
@@ -160,5 +198,6 @@ def run(args: argparse.Namespace) -> int:
             print(_banner(trainer, args.resume), file=sys.stderr, flush=True)
         return trainer.run()
     finally:
+        hold.close()
         runtime.teardown()
         torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from causalshift.config import option
+from causalshift.config import check_fields, option
 from causalshift.errors import UserError
 from causalshift.gpt.config import GPTConfig, ResidualConfig
 from causalshift.gpt.residual import mode_choices
@@ -117,30 +117,34 @@ class TrainConfig:
         DEFAULT_MODEL, "The model: shape and residual variant (flat keys: MODEL_KEYS).", cli=False
     )
     # --- optimisation ---
-    batch_size: int = option(16, "Micro-batch: sequences per process per forward pass.")
-    grad_accum: int = option(1, "Micro-steps per optimizer step (per process).")
+    batch_size: int = option(16, "Micro-batch: sequences per process per forward pass.", ge=1)
+    grad_accum: int = option(1, "Micro-steps per optimizer step (per process).", ge=1)
     batch_tokens: int | None = option(
         None,
         "Tokens per optimizer step over all processes; sets grad accumulation to "
         "batch_tokens / (batch_size * block_size * world_size). Unset: use --grad-accum.",
+        ge=1,
     )
-    max_steps: int = option(250, "Optimizer steps to train for.")
-    lr: float = option(1e-3, "Peak learning rate (AdamW).")
-    min_lr_ratio: float = option(0.1, "Cosine decay ends at lr * min_lr_ratio.")
-    warmup_steps: int = option(25, "Linear warmup steps.")
-    weight_decay: float = option(0.1, "AdamW weight decay (2-D weights only).")
-    beta1: float = option(0.9, "AdamW beta1.")
-    beta2: float = option(0.95, "AdamW beta2.")
-    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: no clipping).")
+    max_steps: int = option(250, "Optimizer steps to train for.", ge=1)
+    lr: float = option(1e-3, "Peak learning rate (AdamW).", gt=0)
+    min_lr_ratio: float = option(0.1, "Cosine decay ends at lr * min_lr_ratio.", ge=0, le=1)
+    warmup_steps: int = option(25, "Linear warmup steps.", ge=0)
+    weight_decay: float = option(0.1, "AdamW weight decay (2-D weights only).", ge=0)
+    beta1: float = option(0.9, "AdamW beta1.", ge=0, lt=1)
+    beta2: float = option(0.95, "AdamW beta2.", ge=0, lt=1)
+    grad_clip: float = option(1.0, "Clip the global gradient norm to this (0: no clipping).", ge=0)
     gate_lr: float | None = option(
-        None, "Peak learning rate of the gate/scalar parameters (unset: 10 x lr)."
+        None, "Peak learning rate of the gate/scalar parameters (unset: 10 x lr).", ge=0
     )
     # --- bookkeeping ---
-    eval_interval: int = option(50, "Steps between validation-loss evaluations.")
-    eval_iters: int = option(8, "Global batches per validation-loss evaluation.")
-    log_interval: int = option(10, "Steps between metrics.jsonl records.")
-    checkpoint_interval: int = option(50, "Steps between checkpoints (also saved at the end).")
-    seed: int = option(1, "Random seed (initialisation and data order).")
+    eval_interval: int = option(50, "Steps between validation-loss evaluations.", ge=1)
+    eval_iters: int = option(8, "Global batches per validation-loss evaluation.", ge=1)
+    log_interval: int = option(10, "Steps between metrics.jsonl records.", ge=1)
+    checkpoint_interval: int = option(
+        50, "Steps between checkpoints (also saved at the end).", ge=1
+    )
+    # numpy's legacy seeding (np.random.seed) takes 0 .. 2**32 - 1
+    seed: int = option(1, "Random seed (initialisation and data order).", ge=0, le=2**32 - 1)
     # --- speed ---
     compile: bool = option(True, "torch.compile the model.")
     dtype: str = option(
@@ -148,31 +152,14 @@ class TrainConfig:
         "auto | float32 | bfloat16 (auto: bf16 autocast on CUDA with bf16 and on CPUs with "
         "AVX512-BF16/AMX, else float32).",
     )
-    threads: int = option(0, "torch CPU threads per process (0: torch's default).")
+    threads: int = option(0, "torch CPU threads per process (0: torch's default).", ge=0)
     device: str = option("auto", "auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK).")
     tensorboard: bool = option(False, "Also log to RUN_DIR/tensorboard (needs `tensorboard`).")
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, GPTConfig):
             raise UserError(f"model must be a GPTConfig, got {type(self.model).__name__}")
-        positive = (
-            "batch_size grad_accum max_steps eval_interval eval_iters log_interval "
-            "checkpoint_interval"
-        ).split()
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise UserError(f"batch_tokens must be positive, got {self.batch_tokens}")
-        if self.threads < 0:
-            raise UserError(f"threads must be >= 0, got {self.threads}")
-        if self.warmup_steps < 0:
-            raise UserError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not self.lr > 0 or (self.gate_lr is not None and not self.gate_lr >= 0):
-            raise UserError("learning rates must be positive")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_fields(self)  # every number: its type, finite, within the field's bounds
         if self.dtype not in DTYPES:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.preset not in PRESET_NAMES:

@@ -4,9 +4,9 @@ A data directory (written by `causalshift prepare`):
 
     meta.json            {"format": "causalshift-tokens", "version": 1, "dtype": "uint16",
                           "tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256,
-                          "source": SPEC, "splits": {"train": {"num_tokens": N,
-                          "shards": [{"file": "train_000000.bin", "num_tokens": n}, ...]},
-                          "val": {...}}}
+                          "max_token_id": 50256, "source": SPEC, "splits": {"train":
+                          {"num_tokens": N, "shards": [{"file": "train_000000.bin",
+                          "num_tokens": n}, ...]}, "val": {...}}}
     train_000000.bin     raw little-endian uint16 tokens (np.memmap-able), documents
     val_000000.bin       each preceded by <|endoftext|>
 
@@ -16,6 +16,10 @@ seeded by (seed, e), so a run's data order depends only on the seed and the numb
 samples consumed: the position saved in a checkpoint. At each optimizer step the G = B x
 accum x world samples of the global batch are split so that rank r's micro-step m reads
 samples (m * world + r) * B ... + B: any (world, accum) with the same G sees the same batch.
+
+Opening a data dir for training checks its largest token id against the model's vocabulary
+(`check_token_ids`): `prepare` records it in meta.json ("max_token_id"); a data dir
+without it (older ones, hand-made shards) is scanned once and the value recorded.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from causalshift.errors import UserError
+from causalshift.io import write_json
 
 META_NAME = "meta.json"
 FORMAT = "causalshift-tokens"
@@ -42,8 +47,9 @@ def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     path = data_dir / META_NAME
     if not path.is_file():
         raise UserError(
-            f"{data_dir} is not a prepared data dir: {META_NAME} missing "
-            "(make one with `causalshift prepare --data SPEC --out DIR`)"
+            f"{data_dir} is not a prepared data dir ({META_NAME} missing) nor a folder of "
+            ".txt/.jsonl/.parquet files (make one with `causalshift prepare --data SPEC "
+            "--out DIR`)"
         )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -57,6 +63,38 @@ def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is corrupt or of an unknown format: {e}") from None
     return meta
+
+
+def scan_max_token_id(data_dir: str | os.PathLike, meta: dict[str, Any]) -> int:
+    """The largest token id in every shard of both splits (-1 if there are none)."""
+    largest = -1
+    for split in ("train", "val"):
+        for shard in meta["splits"][split]["shards"]:
+            path = Path(data_dir) / shard["file"]
+            if int(shard["num_tokens"]) and path.is_file():
+                tokens = np.memmap(path, dtype=DTYPE, mode="r")
+                largest = max(largest, int(tokens.max()) if len(tokens) else -1)
+    return largest
+
+
+def check_token_ids(data_dir: str | os.PathLike, meta: dict[str, Any], vocab_size: int) -> int:
+    """Refuse token ids >= `vocab_size` (they would crash training mid-run); returns the
+    largest id. Uses meta's "max_token_id"; without it, scans the shards and records the
+    value in meta.json when the folder is writable (a read-only one is scanned each time)."""
+    largest = meta.get("max_token_id")
+    if not isinstance(largest, int) or isinstance(largest, bool):
+        largest = scan_max_token_id(data_dir, meta)
+        try:
+            write_json(Path(data_dir) / META_NAME, {**meta, "max_token_id": largest})
+        except OSError:
+            pass
+    if largest >= vocab_size:
+        raise UserError(
+            f"{data_dir} holds token id {largest}, outside the model's vocabulary of "
+            f"{vocab_size} (ids 0..{vocab_size - 1}): the shards are not GPT-2 tokens for "
+            "this model; prepare them again with `causalshift prepare`"
+        )
+    return largest
 
 
 class TokenSplit:

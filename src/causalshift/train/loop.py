@@ -12,9 +12,11 @@ One optimizer step (step s -> s + 1):
 `Trainer.run` is a loop over named steps. After step s: validation (every eval_interval),
 a metrics record (every log_interval; `RunLog` in train/runlog.py owns metrics.jsonl,
 TensorBoard, the figures and summary.json), a checkpoint (every checkpoint_interval), all
-written on rank 0; the last step does all three. SIGINT/SIGTERM set a flag that all ranks
-see at the next step's all-reduce: they finish that step, save a checkpoint and exit with
-128 + signal number.
+written on rank 0; the last step does all three. SIGINT/SIGTERM set a flag that is read
+when the step in progress all-reduces its loss (so all ranks agree): they finish that step,
+save a checkpoint and exit with 128 + signal number. A signal that lands after that
+all-reduce (during validation or a checkpoint) is read by the next step, which then is the
+last.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ import torch
 
 from causalshift import runtime
 from causalshift.errors import UserError
+from causalshift.gpt.config import ResidualConfig
 from causalshift.io import write_json
 from causalshift.results import RUN_CONFIG_NAME
 from causalshift.train.checkpoint import (
@@ -47,7 +51,14 @@ from causalshift.train.checkpoint import (
     set_rng_state,
 )
 from causalshift.train.config import TrainConfig, model_changes
-from causalshift.train.data import TokenSplit, TrainSampler, eval_windows, rank_slice, read_meta
+from causalshift.train.data import (
+    TokenSplit,
+    TrainSampler,
+    check_token_ids,
+    eval_windows,
+    rank_slice,
+    read_meta,
+)
 from causalshift.train.runlog import RunLog
 
 WEIGHTS_NAME = "model.safetensors"
@@ -61,6 +72,18 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr_ratio
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def nonfinite_hint(cfg: TrainConfig) -> str:
+    """What to change after a non-finite loss: --alpha when the run sets one (A > 1 makes
+    the cut block amplify its residual stream, which can overflow), else the learning rate."""
+    res = cfg.model.residual
+    default = ResidualConfig().alpha
+    if res.mode == "none" or res.alpha == default:
+        return "try a lower --lr"
+    if res.alpha > 1:
+        return f"check --alpha: A = {res.alpha:g} > 1 amplifies the residual stream"
+    return f"check --alpha (A = {res.alpha:g}), or try a lower --lr"
 
 
 # config.json's "environment": these keys in this order.
@@ -163,6 +186,7 @@ class Trainer:
                 f"data vocabulary ({meta['vocab_size']}) is larger than the model's "
                 f"({cfg.model.vocab_size})"
             )
+        check_token_ids(data_dir, meta, cfg.model.vocab_size)  # every run, resumed ones too
         self.data_dir, self.meta = Path(data_dir), meta
         T = cfg.model.block_size
         self.sampler = TrainSampler(TokenSplit(data_dir, "train"), T, cfg.seed)
@@ -219,6 +243,11 @@ class Trainer:
             msg = str(e).splitlines()[0]
             raise UserError(f"checkpoint {self.run_dir / STATE_NAME} does not fit: {msg}") from None
         self.step, self.position = int(state["step"]), int(state["position"])
+        if self.cfg.max_steps < self.step:  # before config.json is rewritten
+            raise UserError(
+                f"--max-steps {self.cfg.max_steps} is below the step {self.step} that "
+                f"{self.run_dir} has reached: give --max-steps {self.step} or more"
+            )
         self.last_checkpoint = self.step
         rngs = state["rng"]
         set_rng_state(rngs[self.info.rank] if len(rngs) == self.info.world_size else rngs[0])
@@ -295,8 +324,11 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
 
-    def train_step(self, stop_flag: int) -> tuple[float, float, bool]:
-        """One optimizer step; returns (loss, grad norm, stop requested on any rank)."""
+    def train_step(self, stop_flag: int | Callable[[], int]) -> tuple[float, float, bool]:
+        """One optimizer step; returns (loss, grad norm, stop requested on any rank).
+
+        stop_flag: a signal number, or a function giving it, called as late as possible (at
+        the all-reduce), so that a signal during this step stops after this step."""
         cfg, info = self.cfg, self.info
         self.model.residual.begin_step(self.step, cfg.seed)
         factor = lr_factor(self.step, cfg)
@@ -314,11 +346,12 @@ class Trainer:
             loss_sum += loss.detach().float()
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        stats = torch.stack(
+        flag = stop_flag() if callable(stop_flag) else stop_flag  # read now: a signal
+        stats = torch.stack(  # during this step's forward/backward stops after it
             [
                 loss_sum / self.accum,
                 norm.float(),
-                torch.tensor(float(stop_flag), device=self.device),
+                torch.tensor(float(flag), device=self.device),
             ]
         ).double()
         runtime.all_reduce_sum(stats)
@@ -369,7 +402,7 @@ class Trainer:
         """One optimizer step and what follows it; an exit code ends the run."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        loss, norm, stop = self.train_step(signals.signum)
+        loss, norm, stop = self.train_step(lambda: signals.signum)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             return self._nonfinite_stop(loss, norm, bar)
         self.step += 1
@@ -438,7 +471,7 @@ class Trainer:
             print(
                 f"causalshift train: error: non-finite {what} ({bad}) at step "
                 f"{self.step + 1}: training stopped, nothing was updated; {where} "
-                "(try a lower --lr)",
+                f"({nonfinite_hint(self.cfg)})",
                 file=sys.stderr,
                 flush=True,
             )

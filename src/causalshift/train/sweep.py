@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from causalshift.config import int_list, str_list
+from causalshift.config import check_number, int_list, str_list
 from causalshift.errors import UserError
 from causalshift.figures import SweepSeries, plot_sweep
 from causalshift.figures.sweep import FILE_NAME as FIGURE_NAME
 from causalshift.gpt.residual import get_mode
 from causalshift.io import write_json
+from causalshift.locks import output_folder
 from causalshift.results import SWEEP_NAME, SweepResult, SweepRunRecord, read_summary
 from causalshift.train.config import (
     PRESET_NAMES,
@@ -40,6 +41,13 @@ from causalshift.train.config import (
     load_config_file,
     preset,
 )
+
+# Options whose value is free text that may start with "-": the CLI reads
+# `--train-args "--no-compile"` as `--train-args=--no-compile` (argparse would take the
+# value for an option of its own).
+TEXT_OPTIONS = ("--train-args",)
+# Options of `causalshift train` that the sweep sets itself (refused in --train-args).
+SWEEP_SETS = ("out", "resume", "preset", "config")
 
 
 @dataclass(frozen=True)
@@ -114,18 +122,58 @@ def plan(args: argparse.Namespace) -> list[SweepRun]:
     bad = [k for k in layers if not 1 <= k <= n_layer]
     if bad:
         raise UserError(f"cut layer {bad[0]} is out of range 1..{n_layer} for preset {args.preset}")
-    if not args.alpha >= 0:
-        raise UserError(f"alpha must be >= 0, got {args.alpha}")
+    check_number("--alpha", args.alpha, ge=0)
     if not args.seeds:
         raise UserError("no seeds given (--seeds 1,2)")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"max_steps must be positive, got {args.max_steps}")
+    for seed in args.seeds:  # numpy's legacy seeding takes 0 .. 2**32 - 1 (as TrainConfig)
+        check_number("--seeds", seed, integer=True, ge=0, le=2**32 - 1)
+    if args.max_steps is not None:
+        check_number("--max-steps", args.max_steps, integer=True, ge=1)
     runs = []
     for seed in args.seeds:
         if args.baseline:
             runs.append(SweepRun("none", None, 0.0, seed))
         runs += [SweepRun("fixed", k, float(args.alpha), seed) for k in layers]
+    check_train_args(args, runs)
     return runs
+
+
+class _TrainArgsParser(argparse.ArgumentParser):
+    """`causalshift train`'s options, for --train-args: a bad one is a UserError."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"--train-args: {message}")
+
+
+def train_argv(args: argparse.Namespace) -> list[str]:
+    """--train-args split as a shell would (an unbalanced quote is a UserError)."""
+    try:
+        return shlex.split(args.train_args)
+    except ValueError as e:
+        raise UserError(f"--train-args {args.train_args!r} cannot be split: {e}") from None
+
+
+def check_train_args(args: argparse.Namespace, runs: list[SweepRun]) -> None:
+    """Every run's `causalshift train` options, checked now rather than in each run: unknown
+    options, bad numbers (`--lr inf`), options the sweep sets itself."""
+    from causalshift.train.command import add_arguments as add_train_arguments
+    from causalshift.train.command import cli_overrides
+
+    parser = _TrainArgsParser(prog="causalshift train", add_help=False)
+    add_train_arguments(parser)
+    parsed = parser.parse_args(train_argv(args))
+    given = [f"--{name}" for name in SWEEP_SETS if getattr(parsed, name)]
+    if given:
+        raise UserError(f"--train-args may not set {', '.join(given)}: the sweep sets it")
+    overrides = cli_overrides(parsed)
+    base = base_config(args)
+    if args.max_steps is not None:
+        base = base.replace(max_steps=args.max_steps)
+    try:
+        for run in runs:
+            TrainConfig.from_dict(overrides, run.config(base))
+    except UserError as e:
+        raise UserError(f"--train-args: {e}") from None
 
 
 def _status(run_dir: Path) -> str:
@@ -151,7 +199,7 @@ def _command(
             changes["max_steps"] = args.max_steps
         write_json(config_file, run.config(base_config(args)).replace(**changes).to_dict())
         cmd += ["--config", str(config_file)]
-    return cmd + shlex.split(args.train_args)
+    return cmd + train_argv(args)
 
 
 def _result(run: SweepRun, run_dir: Path, status: str) -> SweepRunRecord:
@@ -263,11 +311,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--devices must be cpu or cuda:0,cuda:1,..., got {args.devices}")
     if "cpu" in devices and len(devices) > 1:
         raise UserError("--devices cpu runs in sequence: do not mix it with GPUs")
-    # The preset's data unless --data (a --config file's "data" is not used: as before).
-    data = args.data if args.data is not None else preset(args.preset).data
-    args.data_dir = str(resolve_data(data))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(args.out) as out:  # one sweep per folder; checked before any work
+        # The preset's data unless --data (a --config file's "data" is not used: as before).
+        data = args.data if args.data is not None else preset(args.preset).data
+        args.data_dir = str(resolve_data(data))
+        return _sweep(args, runs, devices, out)
+
+
+def _sweep(args: argparse.Namespace, runs: list[SweepRun], devices: list[str], out: Path) -> int:
+    """Run the planned runs in `out` (locked by the caller); exit code 1 if any failed."""
     runner = _Runner(args, runs, devices)
     total = len(runs)
     print(

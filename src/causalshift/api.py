@@ -1,0 +1,327 @@
+"""The Python API: `causalshift.load_model`, `measure` and `view` (docs/python.md).
+
+The same engine as the command line: `measure` builds the `AnalyzeConfig` of `causalshift
+analyze` and calls the function `analyze` calls (`lens.command.measure`), so on the same
+inputs the numbers are the same. Nothing here calls sys.exit or prints unless asked
+(`progress=True`); bad input raises `causalshift.UserError` with the line the CLI prints.
+Nothing is imported at module import time beyond the standard library: torch is imported
+when a function runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from causalshift.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from causalshift.lens.command import AnalyzeConfig
+    from causalshift.lens.models import LensModel
+    from causalshift.lens.view import TokenView
+    from causalshift.results import AnalyzeResult, ModelResult
+
+# (name, source) of the models `load_model` returned, so that `measure` records them as
+# `analyze` does (a weak map: a model the user drops is not kept alive).
+_ORIGIN: Any = None
+
+
+def _origins() -> Any:
+    global _ORIGIN
+    if _ORIGIN is None:
+        import weakref
+
+        _ORIGIN = weakref.WeakKeyDictionary()
+    return _ORIGIN
+
+
+@contextlib.contextmanager
+def _quiet(progress: bool) -> Iterator[None]:
+    """Without progress, transformers' loading bars are off (restored afterwards)."""
+    if progress:
+        yield
+        return
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
+def _weights_dtype(dtype: Any, device: Any) -> torch.dtype:
+    """dtype= of load_model: a torch.dtype, a name, or "auto" (bf16 on CUDA, else float32)."""
+    import torch
+
+    from causalshift import runtime
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return runtime.lens_dtypes("auto", device)[0]
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise UserError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16 or a torch.dtype)")
+
+
+def _load(spec: str, dtype: Any, device: Any, device_map: str | None, progress: bool) -> LensModel:
+    from causalshift import runtime
+    from causalshift.lens.models import load
+
+    if not isinstance(spec, str):
+        raise UserError(f"a model SPEC is a string, got {type(spec).__name__}")
+    resolved = runtime.resolve_device(str(device))
+    with _quiet(progress):
+        lm = load(
+            spec,
+            dtype=_weights_dtype(dtype, resolved),
+            device=resolved,
+            device_map=device_map,
+        )
+    _origins()[lm.model] = (lm.name, lm.source)
+    return lm
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: Any = "auto",
+    device: str = "auto",
+    device_map: str | None = None,
+    progress: bool = False,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) of any Model SPEC `causalshift analyze --model` takes: an embedded
+    name (gemma-3-270m, smollm2-135m), a local HF folder, a .gguf file, a causalshift run
+    directory or export, or a hub id. In eval mode, on `device` (auto: CUDA if available);
+    dtype: auto (bf16 on CUDA, float32 on CPU: what `analyze` loads), a name or a
+    torch.dtype; device_map="auto" spreads a large model over the GPUs."""
+    lm = _load(spec, dtype, device, device_map, progress)
+    return lm.model, lm.tokenizer
+
+
+def lens_model(model: Any, tokenizer: Any = None, *, name: str | None = None) -> LensModel:
+    """The `LensModel` of a SPEC string, a LensModel, or a causal LM in memory (any
+    supported transformers model or a causalshift GPT, on any device or spread with
+    device_map). Unsupported architectures raise UserError."""
+    from causalshift.lens.models import LensModel
+    from causalshift.lens.models import lens_model as wrap
+
+    if isinstance(model, LensModel):
+        return model
+    if isinstance(model, str):
+        return _load(model, "auto", "auto", None, progress=False)
+    origin = _origins().get(model)
+    if origin is None:
+        where = getattr(getattr(model, "config", None), "name_or_path", "") or ""
+        origin = (Path(where).name or type(model).__name__, where or "memory")
+    return wrap(model.eval(), tokenizer, name or origin[0], origin[1])
+
+
+@dataclass
+class Measurement:
+    """What `measure` returns: the analysis of one model (`result`, as results.json holds
+    it) with notebook views of it."""
+
+    result: AnalyzeResult
+
+    @property
+    def model(self) -> ModelResult:
+        return self.result.models[0]
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        """One row per layer: layer, every metric, and <metric>_lo / <metric>_hi (the 95%
+        interval)."""
+        import pandas as pd
+
+        rows = []
+        for r in self.model.layers:
+            row: dict[str, Any] = {"layer": r.layer, **r.values}
+            for metric, (lo, hi) in (r.ci95 or {}).items():
+                row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    @property
+    def shift_layer(self) -> dict[str, int | None]:
+        """{"input_until": .., "output_from": .., "crossover": ..} (lens.metrics.shift_layers)."""
+        return self.model.shift_layer.to_dict()
+
+    @property
+    def positions(self) -> pd.DataFrame | None:
+        """The per-position records (measure(positions=True)) as a DataFrame, else None."""
+        table = self.model.positions
+        return None if table is None else table.to_pandas()
+
+    def plot(self) -> list[Any]:
+        """The two figures of `analyze` (top-k match, similarity) as matplotlib Figures; no
+        file is written."""
+        from causalshift.figures import plot_similarity, plot_topk
+        from causalshift.lens.metrics import label
+
+        models = self.result.models
+        return [
+            plot_topk(models, None, metric_label=label),
+            plot_similarity(models, None, metric_label=label),
+        ]
+
+    def save(self, out: str | os.PathLike, *, plots: bool = True) -> Path:
+        """Write the files `causalshift analyze` writes into `out`; returns the folder."""
+        from causalshift.lens.command import write_outputs
+
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out} exists and is not a folder")
+        result = dataclasses.replace(self.result, config={**self.result.config, "out": str(out)})
+        write_outputs(result, out, plots=plots)
+        return out
+
+
+def measure(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    data: str | None = None,
+    texts: Sequence[str] | None = None,
+    tokens: torch.Tensor | None = None,
+    num_seqs: int | None = None,
+    seq_len: int = 128,
+    topk: Sequence[int] = (1, 5),
+    progress: bool = False,
+    positions: bool = False,
+    name: str | None = None,
+    **options: Any,
+) -> Measurement:
+    """Where across depth hidden states switch from t_i to t_{i+1}: `causalshift analyze`
+    on one model, from Python (docs/python.md).
+
+    model: a causal LM in memory (with its tokenizer), or a Model SPEC string. The text: one
+    of `data` (a Data SPEC, default "wiki"), `texts` (strings, joined and cut into windows
+    as a data file is; num_seqs None: every full window) or `tokens` (an (S, T) LongTensor,
+    used as it is). positions: keep the per-position records (`analyze --save-positions`:
+    `.positions`, positions.parquet on save). options: any other option of `causalshift
+    analyze` by its field name (targets, batch_size, dtype, vocab_chunk, seed, ...);
+    num_seqs None with `data`: 32 on CPU, 1000 on GPU, as in `analyze`.
+    """
+    from causalshift.lens.command import measure as run_measure
+
+    if sum(x is not None for x in (data, texts, tokens)) > 1:
+        raise UserError("give one of data=, texts= and tokens=")
+    with _quiet(progress):
+        lm = lens_model(model, tokenizer, name=name)
+    if tokens is None and lm.tokenizer is None:
+        raise UserError("pass the model's tokenizer, or token ids as tokens=")
+    if tokens is not None:
+        tokens = _check_tokens(tokens, lm)
+        num_seqs, seq_len = tokens.shape
+        label, tokens_for = "<tokens>", lambda _lm: tokens
+    elif texts is not None:
+        texts = _check_texts(texts)
+        num_seqs = num_seqs or _full_windows(lm.tokenizer, texts, seq_len)
+        label, tokens_for = "<texts>", _texts_windows(texts, num_seqs, seq_len, progress)
+    else:
+        label, tokens_for = data or "wiki", None
+    if positions:
+        options = {**options, "save_positions": True}
+    cfg = _config(lm, label, num_seqs, seq_len, topk, options)
+    result = run_measure(cfg, [lm], tokens_for=tokens_for, progress=progress)
+    assert result is not None  # one process: always rank 0
+    return Measurement(result)
+
+
+def _config(
+    lm: LensModel,
+    data: str,
+    num_seqs: int | None,
+    seq_len: int,
+    topk: Sequence[int],
+    options: dict[str, Any],
+) -> AnalyzeConfig:
+    """The resolved `AnalyzeConfig` of a measure call (device: where the model is)."""
+    from causalshift.lens.command import AnalyzeConfig
+
+    fields = {f.name for f in dataclasses.fields(AnalyzeConfig)}
+    given = {"model", "data", "num_seqs", "seq_len", "topk", "device", "out", "plots"}
+    unknown = sorted(set(options) - (fields - given))
+    if unknown:
+        raise UserError(
+            f"measure() got unknown option(s) {', '.join(unknown)}; options: "
+            + ", ".join(sorted(fields - given))
+        )
+    cfg = AnalyzeConfig(
+        model=(lm.name,),
+        data=data,
+        num_seqs=num_seqs,
+        seq_len=int(seq_len),
+        topk=tuple(topk),
+        device=str(lm.device),
+        out="",
+        **options,
+    )
+    return cfg.resolved()
+
+
+def _check_tokens(tokens: Any, lm: LensModel) -> torch.Tensor:
+    import torch
+
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+        raise UserError("tokens= must be an (S, T) integer tensor of token ids")
+    vocab = int(lm.unembed.shape[0])
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise UserError(f"tokens= holds ids outside the vocabulary (0..{vocab - 1})")
+    return tokens.long().cpu()
+
+
+def _check_texts(texts: Any) -> list[str]:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise UserError("texts= must be a list of strings")
+    if not any(t.strip() for t in texts):
+        raise UserError("texts= holds no text")
+    return list(texts)
+
+
+def _full_windows(tokenizer: Any, texts: list[str], seq_len: int) -> int:
+    """How many windows of seq_len the texts fill (at least 1: too little text then fails
+    with the usual message)."""
+    from causalshift.corpus.tokens import adds_bos
+
+    ids = tokenizer(texts, add_special_tokens=False).input_ids
+    eos = int(getattr(tokenizer, "eos_token_id", None) is not None)
+    stream = sum(len(x) for x in ids) + eos * (len(ids) - 1)
+    return max(1, stream // max(1, seq_len - int(adds_bos(tokenizer))))
+
+
+def _texts_windows(texts: list[str], num_seqs: int, seq_len: int, progress: bool) -> Any:
+    def tokens_for(lm: LensModel) -> torch.Tensor:
+        from causalshift.corpus import token_sequences
+
+        return token_sequences(
+            lm.tokenizer, "texts", num_seqs, seq_len, documents=texts, progress=progress
+        )
+
+    return tokens_for
+
+
+def view(
+    model: Any, tokenizer: Any = None, prompt: str = "", *, topk: int = 5, name: str | None = None
+) -> TokenView:
+    """The per-token logit-lens picture of `prompt` (what `causalshift view` draws):
+    `.top_ids` (L+1, T), `.top_tokens`, `.target_probs`, `.save(out)` -> view.png, view.html.
+    model: a causal LM in memory with its tokenizer, or a Model SPEC string."""
+    from causalshift.lens.view import token_view
+
+    lm = lens_model(model, tokenizer, name=name)
+    if lm.tokenizer is None:
+        raise UserError("pass the model's tokenizer: view(model, tokenizer, prompt)")
+    return token_view(lm, prompt, topk=topk)
