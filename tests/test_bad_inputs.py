@@ -193,7 +193,9 @@ EO = ["--tasks", "cs_mc", "--include-path", "{tasks}", "--limit", "2", "--device
       "--out", "{out}"]  # fmt: skip
 E = ["eval", "{run}", *EO]
 V = ["view", "--model", "{hf}", "--device", "cpu", "--out", "{out}"]
-BASES = [AM, A, V, P, T, R, S, E]  # longest first where one extends another
+IV = ["intervene", "--model", "{hf}", "--data", "{text}", "--num-seqs", "2", "--seq-len", "8",
+      "--device", "cpu", "--out", "{out}"]  # fmt: skip
+BASES = [AM, A, V, IV, P, T, R, S, E]  # longest first where one extends another
 
 
 # fmt: off
@@ -400,9 +402,21 @@ REPORT = [
     case(["report", "{run}", "--out", "{tmp}/file.txt"], r"--out .*file\.txt.*not a folder", FILE),  # noqa: E501
     case(["report", "{run}", "--out", "{tmp}/file.txt/sub"], r"file\.txt", FILE),
 ]
+INTERVENE = [
+    case([*IV, "--layers", "3"], r"--layers: 3 is not a block.*1\.\.2"),
+    case([*IV, "--layers", "0"], r"--layers: 0 is not a block"),
+    case([*IV, "--layers", "1,x"], r"--layers.*comma-separated layers"),
+    case([*IV, "--alpha", "-0.5"], r"--alpha.*>= 0.*-0\.5"),
+    case([*IV, "--alpha", "0,nan"], r"--alpha.*finite.*nan"),
+    case([*IV, "--alpha", "inf"], r"--alpha.*finite.*inf"),
+    case([*IV, "--alpha", "x"], r"--alpha.*comma-separated numbers"),
+    case([*IV, "--seq-len", "65"], r"--seq-len 65 exceeds .*context of 64"),
+    case([*IV, "--device", "tpu"], r"device.*tpu"),
+    case([*IV, "--out", "{tmp}/file.txt"], r"--out .*file\.txt.*not a folder", FILE),
+]
 # fmt: on
 
-CASES = ANALYZE + VIEW + PREPARE + TRAIN + SWEEP + EVAL + EXPORT + REPORT
+CASES = ANALYZE + VIEW + INTERVENE + PREPARE + TRAIN + SWEEP + EVAL + EXPORT + REPORT
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ here imports torch; matplotlib is imported when a figure is drawn, not at import
 """
 
 from causalshift.figures.gate import plot_gate
+from causalshift.figures.intervene import plot_intervene
 from causalshift.figures.loss import plot_loss
 from causalshift.figures.outputs import analyze_figures, run_figures
 from causalshift.figures.similarity import plot_similarity
@@ -17,6 +18,7 @@ __all__ = [
     "SweepSeries",
     "analyze_figures",
     "plot_gate",
+    "plot_intervene",
     "plot_loss",
     "plot_similarity",
     "plot_strata",
