@@ -202,3 +202,24 @@ def test_positions_records(tiny_hf_dir: Path, tmp_path: Path) -> None:
     assert {"layer", "rank_output"} <= set(frame.columns) and len(frame) > 0
     result.save(tmp_path)
     assert (tmp_path / "positions.parquet").is_file()
+
+
+def test_intervene_api_equals_the_command(tiny_hf_dir, tiny_text_file, tmp_path) -> None:
+    """cs.intervene on a model loaded in Python gives the numbers `causalshift intervene`
+    writes for the same folder and text."""
+    import causalshift as cs
+    from causalshift.cli import main
+
+    args = ["--data", str(tiny_text_file), "--num-seqs", "2", "--seq-len", "8"]
+    out = tmp_path / "out"
+    argv = ["intervene", "--model", str(tiny_hf_dir), *args, "--layers", "1,2", "--alpha", "0,1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    cli = json.loads((out / "intervene.json").read_text())
+    model, tokenizer = cs.load_model(str(tiny_hf_dir))
+    api = cs.intervene(
+        model, tokenizer, data=str(tiny_text_file), num_seqs=2, seq_len=8,
+        layers=[1, 2], alpha=[0, 1],
+    )  # fmt: skip
+    assert api["baseline"] == cli["baseline"]
+    assert api["runs"] == cli["runs"]
+    assert [r["loss_increase"] for r in api["runs"] if r["alpha"] == 1.0] == [0.0, 0.0]

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "UserError",
     "__version__",
+    "intervene",
     "load_model",
     "measure",
     "register_auto_classes",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 # Public names served by causalshift.api, imported when first used.
-_API = ("load_model", "measure", "view")
+_API = ("intervene", "load_model", "measure", "view")
 
 
 def __getattr__(name: str) -> Any:

@@ -325,3 +325,42 @@ def view(
     if lm.tokenizer is None:
         raise UserError("pass the model's tokenizer: view(model, tokenizer, prompt)")
     return token_view(lm, prompt, topk=topk)
+
+
+def intervene(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    data: str = "wiki",
+    num_seqs: int = 32,
+    seq_len: int = 128,
+    layers: str | Sequence[int] = "all",
+    alpha: Sequence[float] = (0.0, 0.5, 0.9),
+    batch_size: int = 8,
+    progress: bool = False,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Test-time residual attenuation (what `causalshift intervene` measures): block l
+    computes alpha * x + F_l(x), one (layer, alpha) pair at a time. Returns the
+    intervene.json document: `baseline` and, per pair, an entry of `runs` (loss, top1, their
+    95% intervals, loss_increase). model: a causal LM in memory with its tokenizer, or a
+    Model SPEC string; layers: "all" or block numbers 1..L."""
+    from causalshift.lens.intervene_command import InterveneConfig, measure_model
+
+    with _quiet(progress):
+        lm = lens_model(model, tokenizer, name=name)
+    if lm.tokenizer is None:
+        raise UserError("pass the model's tokenizer: intervene(model, tokenizer, ...)")
+    if not isinstance(layers, str):
+        layers = ",".join(str(int(x)) for x in layers)
+    cfg = InterveneConfig(
+        model=lm.name,
+        data=data,
+        layers=layers,
+        alpha=tuple(float(a) for a in alpha),
+        num_seqs=num_seqs,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        device=str(lm.device),
+    )
+    return measure_model(cfg, lm, progress=progress)

@@ -12,13 +12,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from causalshift import runtime
 from causalshift.config import add_config_arguments, check_fields, config_overrides, option
 from causalshift.errors import UserError
 from causalshift.io import write_json, write_text
 from causalshift.locks import output_folder
+
+if TYPE_CHECKING:
+    from causalshift.lens.models import LensModel
 
 SCHEMA_VERSION = 1
 CSV_FIELDS = ("layer", "alpha", "loss", "loss_lo", "loss_hi", "top1", "top1_lo", "top1_hi",
@@ -118,11 +121,17 @@ def run(args: argparse.Namespace) -> int:
 
 def measure(cfg: InterveneConfig, device: Any, *, progress: bool = True) -> dict[str, Any]:
     """Load cfg.model once and measure the baseline and every (layer, alpha) pair."""
-    from causalshift.corpus import token_sequences
-    from causalshift.lens.intervene import intervene
     from causalshift.lens.models import load
 
-    lm = load(cfg.model, device=device)
+    return measure_model(cfg, load(cfg.model, device=device), progress=progress)
+
+
+def measure_model(cfg: InterveneConfig, lm: LensModel, *, progress: bool = True) -> dict[str, Any]:
+    """The intervene.json document of a loaded model (`causalshift.intervene` calls this
+    too): its text from cfg.data, the baseline, every (layer, alpha) pair of cfg."""
+    from causalshift.corpus import token_sequences
+    from causalshift.lens.intervene import intervene
+
     if lm.max_positions and cfg.seq_len > lm.max_positions:
         raise UserError(
             f"--seq-len {cfg.seq_len} exceeds {lm.name}'s context of {lm.max_positions} tokens"
