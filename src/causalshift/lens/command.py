@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -155,18 +155,27 @@ def run(args: argparse.Namespace) -> int:
 def analyze(cfg: AnalyzeConfig) -> Path | None:
     """Run the lens for every model of `cfg`; write results on rank 0 and return the folder."""
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    info = runtime.setup(cfg.device)
-    hold = contextlib.ExitStack()  # --out: created, writable and locked before any model loads
-    try:
-        if info.is_main:
-            hold.enter_context(output_folder(out))
+    with command_output(out, cfg.device) as info:
         result = measure(cfg, cfg.model, info=info, progress=info.is_main)
         if result is None:
             return None
         write_outputs(result, out, plots=cfg.plots)
         return out
+
+
+@contextlib.contextmanager
+def command_output(out: Path, device: str) -> Iterator[runtime.DistInfo]:
+    """The process (joined to a torchrun group if there is one) and its --out folder: on
+    rank 0 created, checked writable and locked before any model loads; the lock released
+    and the group left at the end, however the command ends."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    info = runtime.setup(device)
+    hold = contextlib.ExitStack()
+    try:
+        if info.is_main:
+            hold.enter_context(output_folder(out))
+        yield info
     finally:
         hold.close()
         runtime.teardown()

@@ -4,7 +4,6 @@ block's residual is attenuated (x_next = alpha * x + F_l(x)) at test time, no tr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import io
@@ -14,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from causalshift import runtime
 from causalshift.config import add_config_arguments, check_fields, config_overrides, option
 from causalshift.errors import UserError
 from causalshift.io import write_json, write_text
-from causalshift.locks import output_folder
+from causalshift.lens.command import command_output
 
 if TYPE_CHECKING:
     from causalshift.lens.models import LensModel
@@ -102,20 +100,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = InterveneConfig(**config_overrides(InterveneConfig, args))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.out or os.path.join("runs", f"intervene-{stamp}"))
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    info = runtime.setup(cfg.device)
-    hold = contextlib.ExitStack()  # --out: created, writable and locked before the model loads
-    try:
-        if info.is_main:
-            hold.enter_context(output_folder(out))
+    with command_output(out, cfg.device) as info:  # as analyze: --out locked before loading
         result = measure(cfg, info.device, progress=info.is_main)
         if info.is_main:
             write_outputs(result, out)
             print(f"results written to {out}")
-    finally:
-        hold.close()
-        runtime.teardown()
     return 0
 
 
