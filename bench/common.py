@@ -44,12 +44,35 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The bf16-relevant ISA flags this CPU reports."""
+    """The bf16- and int8-relevant ISA flags this CPU reports."""
     from causalshift.runtime import cpu_flags as flags
 
     have = flags()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    wanted = (
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_bf16",
+        "amx_int8",
+        "amx_tile",
+    )
     return [f for f in wanted if f in have]
+
+
+def cpu_capability() -> str:
+    """The vector ISA torch's CPU kernels dispatch to (AVX2, AVX512, ...)."""
+    from causalshift.runtime import cpu_capability as capability
+
+    return capability()
+
+
+def isa_env() -> dict[str, str]:
+    """The variables that lower the ISA torch, oneDNN and MKL use (an emulated CPU class)."""
+    from causalshift.lens.probe import ISA_VARIABLES
+
+    return {v: os.environ[v] for v in ISA_VARIABLES if v in os.environ}
 
 
 def machine(device: str = "cpu") -> dict[str, Any]:
@@ -59,6 +82,8 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
+        "cpu_capability": cpu_capability(),
+        "isa_env": isa_env(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -146,26 +171,27 @@ def spread(xs: list[float]) -> str:
 
 
 def matmul_peak(
-    dtypes: tuple[str, ...] = ("bfloat16", "float32", "int8"),
+    dtypes: tuple[str, ...] = ("bfloat16", "float32", "int8", "int8-onednn", "int8-fbgemm"),
     size: tuple[int, int, int] = (2048, 2048, 2048),
     reps: int = 5,
     device: str = "cpu",
 ) -> dict[str, float]:
-    """Measured GFLOP/s (int8: GOP/s of `torch._int_mm`, CPU only) of (m, k) @ (k, n) per
-    dtype, interleaved; the best of `reps` (a peak, so the least-disturbed repetition is the
-    right estimate)."""
+    """Measured GFLOP/s (int8: GOP/s of `torch._int_mm`; int8-onednn / int8-fbgemm: of the
+    quantized-linear kernels the int8 screen can use, 7-bit u8 rows x s8 weights as the
+    screen runs them; CPU only, where available) of (m, k) @ (k, n) per dtype, interleaved;
+    the best of `reps` (a peak, so the least-disturbed repetition is the right estimate)."""
     import torch
 
     m, k, n = size
     gen = torch.Generator().manual_seed(0)
     fns = {}
     for d in dtypes:
-        if d == "int8":
+        if d.startswith("int8"):
             if device != "cpu":
                 continue
-            a = torch.randint(-127, 128, (m, k), generator=gen, dtype=torch.int8)
-            b = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
-            fns[d] = lambda a=a, b=b: torch._int_mm(a, b.T)
+            fn = _int8_matmul(d, m, k, n, gen)
+            if fn is not None:
+                fns[d] = fn
         else:
             a = torch.randn(m, k, generator=gen).to(device=device, dtype=getattr(torch, d))
             b = torch.randn(k, n, generator=gen).to(device=device, dtype=getattr(torch, d))
@@ -173,6 +199,33 @@ def matmul_peak(
     alternate(fns, 1, device)  # warm-up
     times, _ = alternate(fns, reps, device)
     return {d: 2 * m * k * n / min(ts) / 1e9 for d, ts in times.items()}
+
+
+def peak_key(screen: str) -> str:
+    """The `matmul_peak` entry of a lens screen (its matmul's kernel)."""
+    return "int8" if screen == "int8-intmm" else screen
+
+
+def _int8_matmul(name: str, m: int, k: int, n: int, gen: Any) -> Callable[[], Any] | None:
+    """One (m, k) x (k, n) int8 product through kernel `name` (None where unavailable)."""
+    import torch
+
+    from causalshift.lens.screen import ScreenChunk, ScreenRows, int8_kernel_works, make_screen
+
+    if name == "int8":
+        a = torch.randint(-127, 128, (m, k), generator=gen, dtype=torch.int8)
+        b = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+        return lambda: torch._int_mm(a, b.T)
+    if not int8_kernel_works(name):
+        return None
+    from causalshift.lens.screen import _as_kernel_rows, pack_int8
+
+    screen = make_screen(name, "cpu", k)
+    q = torch.randint(-63, 64, (m, k), generator=gen)
+    rows = ScreenRows(_as_kernel_rows(q, name), q[:, 0].float(), q[:, 0].float())
+    w = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    chunk = ScreenChunk(0, n, pack_int8(w, name), 1.0, 1.0, 1.0)
+    return lambda: screen.matmul(rows, chunk)
 
 
 # ---------------------------------------------------------------------------------------------

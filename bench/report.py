@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import md_table
+from bench.common import md_table, peak_key
 
 
 def _f(x: Any, fmt: str = ".3g") -> str:
@@ -46,7 +46,7 @@ def _machine(res: dict[str, Any]) -> str:
 
 def _peak_key(contender: str, g: dict[str, Any]) -> str:
     if contender == "ours_fast":
-        return (g.get("fast_screens") or ["bfloat16"])[-1]
+        return peak_key((g.get("fast_screens") or ["bfloat16"])[-1])
     return "bfloat16" if contender == "ours_bf16" else "float32"
 
 
@@ -451,7 +451,11 @@ def _prepare(res: dict[str, Any]) -> str:
 GPU = """## GPU (not measured yet)
 
 No GPU was available to the session that wrote this page, so **no GPU number is measured
-yet**. The code paths exist:
+yet**. `bench/gpu_check.sh` prints them in one go (under 8 minutes on one GPU; the test
+suite runs it with `--device cpu` at tiny sizes): analyze throughput and the bf16-peak
+fraction on a Gemma-2-2B-shaped random model, `gpt2-124m` training tokens/s and MFU for
+`none` and `gate`, and `eval` on the local tasks, on CUDA; it also writes them as JSON.
+The code paths it calls:
 
 - `python -m bench.run_all --device cuda --only peak,lens,train --gemma2-2b-shape`
 - `python -m bench.lens --device cuda --gemma2-2b-shape --num-seqs 16 --seq-len 256
@@ -477,7 +481,8 @@ so that the numbers can be re-measured and do not go stale in comments:
   2x faster than advanced indexing, which made preparing the bf16 copy 0.42 s -> 0.15 s.
 - `lens/kernels.py`: eager PyTorch materialises every float copy and boolean mask of the
   counting kernels (`count_above` ~20x slower eager than compiled on CPU); one reduction
-  per threshold is 3x faster than a single (n, J, Vc) comparison.
+  per threshold is 3x faster than a single (n, J, Vc) comparison (2.3x, compiled, float32
+  and int32, on the AVX2 EPYC below), though it compiles once per number of targets.
 - `lens/screen.py`: each screen keeps one output buffer; a fresh int32 output of tens of MB
   per chunk, page-faulted in every time, halved `torch._int_mm`'s rate (3000 x 4096: 464 vs
   810 GOP/s). The int8 screen's matmul ran about 2x the bf16 one with VNNI.
@@ -486,6 +491,38 @@ so that the numbers can be re-measured and do not go stale in comments:
   4.6% in the run above).
 - `train/command.py` sets `OMP_WAIT_POLICY=PASSIVE`: with spinning OpenMP threads, training
   steps ran ~1.7x slower on the 2 shared cores while another process was busy.
+
+Measured on an AVX2-only AMD EPYC (Zen 3 class: no AVX-512, bf16 or VNNI; 2 cores shared
+with other jobs, so rates and ratios, never times, and noisy ones) when the screen choice
+became a measurement (issue 15):
+
+- `lens/screen.py`, the int8 screen's kernels: on the chunk shape (256-4,096 rows x 4,096
+  x 640) float32 `torch.mm` ran 42-77 GFLOP/s, oneDNN's quantized linear
+  (`torch.ops.onednn.qlinear_pointwise`, int8-onednn) 109-168 GOP/s, FBGEMM's
+  (`torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32`, int8-fbgemm)
+  96-134 GOP/s, `torch._int_mm` 2.4 GOP/s (a reference loop) and bf16 `torch.mm` 8.8
+  GFLOP/s. Both quantized kernels multiply u8 rows by s8 weights with vpmaddubsw on this
+  CPU, which adds two products into a saturating int16: with 8-bit rows (u8 up to 255)
+  against weights of 127 their results were off by 1.0e7 (d = 640), with 7-bit rows (u8 at
+  most 127, pair sums at most 32,258) exact, at d = 64 and d = 2,304 alike
+  (`tests/lens/test_screen.py`). Hence 7-bit rows (+-63, zero point 64, scale 1: integer
+  inputs quantize exactly) and 8-bit chunks; the rows' share of the band is about twice
+  the 8-bit one's. The dynamic-quantization entry points (`quantized.linear_dynamic`)
+  choose their own per-tensor scale and zero point (and, with `reduce_range`, 7 bits): not
+  used, since a bound needs the quantization to be ours.
+- `lens/probe.py`: choosing by CPU flags picked float32 here, which was right against
+  bf16 and `torch._int_mm` but missed the quantized kernels at about twice float32's
+  rate; the probe times the screens themselves. A screen other than float32 must be 10%
+  cheaper (its band is wider: more entries re-scored); the estimate takes 25% of the dense
+  work as multiplied (Gemma 3 270M on wiki, the "executed" figure above).
+- `lens/engine.py` `COMPILE_AFTER = 4e9` rows x columns: importing inductor took 3.4 s of
+  CPU time and compiling the counting kernels 2.4 s more (inductor's disk cache warm) on
+  this loaded machine, while eager counting costs about 20-30x the compiled kernels per
+  entry (18-33 against 0.7-1.6 ns): small runs count eagerly, runs of more than about 6
+  sequences of 128 tokens of Gemma 3 compile (once per process).
+- `lens/engine.py` `LensWeights.prepare`: a float32 screen keeps the rows it gathered from
+  U (one copy, not two): the second copy was 2.1 s of 3.4 s preparing Gemma 3's float32
+  chunks on this loaded machine.
 """
 
 
@@ -495,12 +532,12 @@ def _findings(res: dict[str, Any]) -> str:
     peak = res.get("peak") or {}
     g = (res.get("lens") or {}).get("gemma")
     if g and peak:
-        out += _lens_findings(g, peak)
+        out += _lens_findings(g, peak, res.get("machine_start", {}).get("cpu_flags") or [])
     out += _train_findings(res)
     return "\n".join(out) + "\n"
 
 
-def _lens_findings(g: dict[str, Any], peak: dict[str, float]) -> list[str]:
+def _lens_findings(g: dict[str, Any], peak: dict[str, float], flags: list[str]) -> list[str]:
     """The lens' speedup against the goal, where the time goes, the int8 screen."""
     out: list[str] = []
     pb, pf = peak.get("bfloat16", float("nan")), peak.get("float32", float("nan"))
@@ -517,9 +554,9 @@ def _lens_findings(g: dict[str, Any], peak: dict[str, float]) -> list[str]:
     out.append(
         f"- **Lens speedup {_f(speedup)}x over the plain implementation, {verdict} the 10x "
         f"goal in this run**, with the {_screens(g)} "
-        f"({_f(g.get('speedup_fast_vs_bf16'))}x the bf16 screen alone). This machine has "
-        f"AVX-512 bf16 and VNNI but no AMX: its bf16 matmul peak is {pb / pf:.2f}x its "
-        f"float32 peak and its int8 peak {peak.get('int8', float('nan')) / pf:.2f}x "
+        f"({_f(g.get('speedup_fast_vs_bf16'))}x the bf16 screen alone). On this CPU "
+        f"(flags: {', '.join(flags) or '-'}) the bf16 matmul peak is {pb / pf:.2f}x the "
+        f"float32 peak and `torch._int_mm`'s {peak.get('int8', float('nan')) / pf:.2f}x "
         f"({_f(pb)}, {_f(peak.get('int8'))} and {_f(pf)} G(FL)OP/s); the plain path itself "
         f"runs at {_pct(g['effective_gflops'].get('plain', 0) / pf)} of the float32 peak. "
         f"The pruned path multiplies {_pct(frac)} of the dense rows x columns, so at the "
@@ -646,7 +683,11 @@ def render(res: dict[str, Any]) -> str:
         f"GFLOP/s**; `torch._int_mm` int8 **{_f(peak.get('int8'))} GOP/s**. Used as the "
         "denominator of every utilization figure below.\n",
     ]
+    from bench.report_speed import peers, speed
+
     parts = [
+        peers(res),
+        speed(res),
         _lens(res) + _retire(res),
         _scaling(res),
         _memory(res) + _weights_memory(res),

@@ -1,5 +1,6 @@
-"""Run every benchmark at CPU sizes (`make bench`, about 10-15 minutes on 2 cores) and write
-docs/benchmarks.md from the measurements (raw numbers in bench/results.json).
+"""Run every benchmark at CPU sizes (`make bench`, about 20-25 minutes on 2 cores) and write
+docs/benchmarks.md from the measurements (raw numbers in bench/results.json). The peers
+(tuned-lens, TransformerLens) are the `bench` extra, which `make bench` installs.
 
     python -m bench.run_all                  # everything, CPU sizes
     python -m bench.run_all --quick          # toy sizes: checks the pipeline in ~2 minutes
@@ -28,6 +29,8 @@ SECTIONS = (
     "train",
     "train_logits",
     "prepare",
+    "speed",
+    "peers",
 )
 
 
@@ -55,6 +58,13 @@ def _sizes(quick: bool) -> dict[str, Any]:
             wmem=dict(vocab=32768),
             retire=(1, 16),
             logits=dict(preset="tiny", batch_size=4, steps=1, reps=1),
+            speed=dict(
+                model="smollm2-135m",
+                seqs=(1, 2),
+                seq_len=16,
+                kernels=dict(hidden=576, vocab_chunk=512, rows=(16,), reps=1),
+            ),
+            peers=dict(models=("smollm2-135m",), num_seqs=1, seq_len=16, reps=1, batch_size=8),
         )
     return dict(
         lens=dict(num_seqs=8, seq_len=64, reps=3),
@@ -85,6 +95,15 @@ def _sizes(quick: bool) -> dict[str, Any]:
         wmem=dict(vocab=262144),
         retire=(2, 64),
         logits=dict(preset="cpu-small", batch_size=4, steps=2, reps=4),
+        speed=dict(
+            model="gemma-3-270m",
+            seqs=(1, 4, 32),
+            seq_len=128,
+            kernels=dict(hidden=640, vocab_chunk=4096, rows=(256, 2048), reps=3),
+        ),
+        peers=dict(
+            models=("gemma-3-270m", "smollm2-135m"), num_seqs=8, seq_len=128, reps=3, batch_size=8
+        ),
     )
 
 
@@ -112,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench] {name} done in {res['timing'][name]} s", flush=True)
         _dump(res, args.json)
 
-    big = (8192,) * 3 if dev.startswith("cuda") else (2048,) * 3
+    big = (8192,) * 3 if dev.startswith("cuda") else (512 if args.quick else 2048,) * 3
     section("peak", lambda: common.matmul_peak(size=big, device=dev))
     peak = res.get("peak") or common.matmul_peak(size=(512,) * 3, device=dev)
     _lens_sections(section, sizes, dev, peak, args.gemma2_2b_shape)
@@ -137,6 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
     )
     section("prepare", lambda: prepare.compare(**sizes["prepare"]))
+    section("speed", lambda: _speed_section(sizes["speed"]) if dev == "cpu" else {})
+    section("peers", lambda: _peers_section(sizes["peers"]) if dev == "cpu" else {})
     res["machine_end"] = machine(dev)
     return res
 
@@ -218,6 +239,28 @@ def _train_section(sizes: dict[str, Any], dev: str, peak: dict[str, float]) -> d
     )
     out["growth"] = train.growth(device=dev, peak=peak, **sizes["growth"])
     return out
+
+
+def _speed_section(s: dict[str, Any]) -> dict[str, Any]:
+    """Fixed cost and tokens/s by run size (fresh processes), the probe, the int8 kernels."""
+    from bench import speed
+
+    rows = speed.startup(s["model"], s["seqs"], s["seq_len"])
+    return {
+        "startup": rows,
+        "fit": speed.fit_fixed_cost(rows),
+        "kernels": speed.kernels(**s["kernels"]),
+        "probe": speed.probe_record(hidden=s["kernels"]["hidden"]),
+    }
+
+
+def _peers_section(s: dict[str, Any]) -> dict[str, Any]:
+    """causalshift against tuned-lens and TransformerLens (a missing peer is a note)."""
+    from bench import peers
+
+    return peers.compare(
+        s["models"], s["num_seqs"], s["seq_len"], s["reps"], s["batch_size"], threads=2
+    )
 
 
 def _dump(res: dict[str, Any], path: str) -> None:

@@ -126,6 +126,21 @@ def ids_above_vocab(tmp: Path, shared: dict[str, Path]) -> None:
     write_token_dir(tmp / "bigids", tokens[:3_500], tokens[3_500:])
 
 
+def narrow_lens(tmp: Path, shared: dict[str, Path]) -> None:
+    """{tmp}/lens: a tuned lens of 2 layers of width 16 (the tiny HF model's width is 32)."""
+    from causalshift.lens.tuned import TunedLens
+
+    TunedLens(2, 16).save(tmp / "lens")
+
+
+def lens_without_bias(tmp: Path, shared: dict[str, Path]) -> None:
+    """{tmp}/lens: a lens for the tiny model whose params.pt lacks the translators' biases."""
+    import torch
+
+    write_json("lens/config.json", {"d_model": 32, "num_hidden_layers": 2})(tmp, shared)
+    torch.save({f"{i}.weight": torch.zeros(32, 32) for i in range(2)}, tmp / "lens/params.pt")
+
+
 BAD_YAML = "task: bad\ndataset_path: json\n  output_type: [unclosed\n"
 MISSING_DATA_YAML = """task: nodata
 dataset_path: json
@@ -195,7 +210,9 @@ E = ["eval", "{run}", *EO]
 V = ["view", "--model", "{hf}", "--device", "cpu", "--out", "{out}"]
 IV = ["intervene", "--model", "{hf}", "--data", "{text}", "--num-seqs", "2", "--seq-len", "8",
       "--device", "cpu", "--out", "{out}"]  # fmt: skip
-BASES = [AM, A, V, IV, P, T, R, S, E]  # longest first where one extends another
+FL = ["fit-lens", "--model", "{hf}", "--data", "{text}", "--seq-len", "8", "--batch-size", "2",
+      "--eval-seqs", "2", "--skip-tokens", "0", "--device", "cpu", "--out", "{out}"]  # fmt: skip
+BASES = [AM, A, V, IV, FL, P, T, R, S, E]  # longest first where one extends another
 
 
 # fmt: off
@@ -215,11 +232,19 @@ ANALYZE = [
     case([*AM, "--seed", "-1"], r"--seed.*-1"),
     case([*AM, "--device", "tpu"], r"device.*tpu"),
     case([*AM, "--dtype", "float8"], r"--dtype.*float8"),
+    case([*AM, "--dtype", "int8-vnni"], r"--dtype.*int8-vnni"),
     case([*A, "--model", "{hf}", "--model", "{hf}"], r"--model.*once"),
+    case([*AM, "--lens", "tuned:{tmp}/missing"], r"--lens tuned:.*missing not found"),
+    case([*AM, "--lens", "bogus"], r"--lens: unknown lens 'bogus'"),
+    case([*AM, "--lens", "logit,logit"], r"--lens: each lens may be given once"),
+    case([*AM, "--lens", "tuned:{tmp}/lens"], r"lens is for 2 layers of width 16, but .* width 32", narrow_lens, id="wrong width"),  # noqa: E501
+    case([*AM, "--lens", "tuned:{tmp}/lens"], r"params\.pt: expected the keys", lens_without_bias, id="no biases"),  # noqa: E501
+    case([*AM, "--sublayers", "--lens", "logit,tuned:{tmp}/lens"], r"--sublayers works with --lens logit only", narrow_lens),  # noqa: E501
     case([*A, "--model", "{tmp}/missing"], r"missing.*not found"),
     case([*A, "--model", "{text}"], r"corpus\.txt.*not (found|a model)"),
     case([*A, "--model", "{tmp}/notamodel"], r"notamodel.*no config\.json", NOT_A_MODEL),
     case([*A, "--model", "{tmp}/bert"], r"unsupported architecture 'bert'", bert_folder),
+    case([*A, "--sublayers", "--model", "{tmp}/bert"], r"unsupported architecture 'bert'", bert_folder),  # noqa: E501
     case([*A, "--model", "{tmp}/hf"], r"hf.*no tokenizer", copy_of("hf", remove_tokenizer), id="no tokenizer"),  # noqa: E501
     case([*A, "--model", "{tmp}/t.gguf"], r"t\.gguf", gguf_truncated),
     case([*A, "--model", "{tmp}/hf"], r"model\.safetensors.*(truncated|corrupt)", copy_of("hf", truncate, "model.safetensors"), id="truncated"),  # noqa: E501
@@ -305,6 +330,8 @@ TRAIN = [
     case([*T, "--batch-tokens", "100"], r"100 tokens.*not divisible.*world size 1"),
     case([*T, "--dtype", "float8"], r"dtype.*float8"),
     case([*T, "--device", "tpu"], r"device.*tpu"),
+    case([*T, "--tracker", "mlflow"], r"unknown tracker 'mlflow' in --tracker; choose none, tensorboard, wandb"),  # noqa: E501
+    case([*T, "--tracker", "none", "--tracker", "wandb"], r"none cannot be combined"),
     case([*T, "--block-size", "1024"], r"(too short|tokens).*(1024|1025)|(1024|1025).*tokens"),  # noqa: E501
     case([*T, "--data", "{tmp}/missing"], r"missing not found"),
     case([*T, "--data", "{tmp}/nodata"], r"nodata.*meta\.json", NO_DATA_DIR),
@@ -334,6 +361,12 @@ SWEEP = [
     case([*S, "--alpha", "inf"], r"alpha.*inf"),
     case([*S, "--alpha", "nan"], r"alpha.*nan"),
     case([*S, "--alpha", "-1"], r"alpha.*-1"),
+    case([*S, "--alpha", "0,0.5,-0.25"], r"--alpha must be >= 0, got -0\.25"),
+    case([*S, "--alpha", "0,nan"], r"--alpha must be a finite number.*nan"),
+    case([*S, "--alpha", "0,x"], r"--alpha must be comma-separated numbers"),
+    case([*S, "--seeds", "1,2,1"], r"--seeds lists 1 twice"),
+    case([*S, "--modes", "gate,bogus"], r"--modes 'bogus': unknown mode"),
+    case([*S, "--tracker", "mlflow"], r"unknown tracker 'mlflow'"),
     case([*S, "--seeds", "-1"], r"seed.*-1"),
     case([*S, "--seeds", ""], r"no seeds given"),
     case([*S, "--seeds", "1,x"], r"seeds.*comma-separated integers"),
@@ -413,10 +446,42 @@ INTERVENE = [
     case([*IV, "--seq-len", "65"], r"--seq-len 65 exceeds .*context of 64"),
     case([*IV, "--device", "tpu"], r"device.*tpu"),
     case([*IV, "--out", "{tmp}/file.txt"], r"--out .*file\.txt.*not a folder", FILE),
+    case([*IV, "--learn-gate", "--alpha", "0,0.5"], r"--learn-gate takes one --alpha.*got 2"),
+    case([*IV, "--learn-gate", "--alpha", "-1"], r"--alpha.*>= 0.*-1"),
+    case([*IV, "--learn-gate", "--alpha", "nan"], r"--alpha.*finite.*nan"),
+    case([*IV, "--learn-gate", "--tau", "0"], r"--tau must be > 0"),
+    case([*IV, "--learn-gate", "--tau", "inf"], r"--tau.*finite"),
+    case([*IV, "--learn-gate", "--steps", "0"], r"--steps must be a positive integer"),
+    case([*IV, "--learn-gate", "--lr", "-0.1"], r"--lr must be > 0"),
+    case([*IV, "--learn-gate", "--eval-seqs", "0"], r"--eval-seqs must be a positive integer"),
+    case([*IV, "--learn-gate", "--layers", "1"], r"--layers does not apply to --learn-gate"),
+    case([*IV, "--learn-gate", "--seq-len", "65"], r"--seq-len 65 exceeds .*context of 64"),
+]
+FIT_LENS = [
+    case([*FL, "--tokens", "0"], r"--tokens.*\b0\b"),
+    case([*FL, "--tokens", "-5"], r"--tokens.*-5"),
+    case([*FL, "--tokens", "inf"], r"--tokens.*inf"),
+    case([*FL, "--steps", "0"], r"--steps.*\b0\b"),
+    case([*FL, "--tokens", "16", "--steps", "1"], r"--tokens or --steps, not both"),
+    case([*FL, "--lr", "0"], r"--lr.*\b0"),
+    case([*FL, "--lr", "nan"], r"--lr.*nan"),
+    case([*FL, "--weight-decay", "-1"], r"--weight-decay.*-1"),
+    case([*FL, "--optimizer", "lbfgs"], r"--optimizer.*lbfgs"),
+    case([*FL, "--eval-seqs", "0"], r"--eval-seqs.*\b0\b"),
+    case([*FL, "--device", "tpu"], r"device.*tpu"),
+    case([*FL, "--seq-len", "65"], r"--seq-len 65 exceeds .*context of 64"),
+    case([*FL, "--tokens", "100000000"], r"too little text.*lower --tokens"),
+    case([*FL, "--model", "{tmp}/missing"], r"missing.*not found"),
+    case([*FL, "--out", "{tmp}/lens"], r"already holds a tuned lens", narrow_lens),
+    case([*FL, "--out", "{tmp}/file.txt"], r"file\.txt", FILE),
+    case(["fit-lens", "--data", "{text}"], r"give --model"),
+    case(["fit-lens", "--resume"], r"--resume needs --out"),
+    case(["fit-lens", "--resume", "--out", "{tmp}/missing"], r"missing has no checkpoint: nothing to resume"),  # noqa: E501
+    case(["fit-lens", "--resume", "--out", "{tmp}/lens"], r"finished lens: nothing to resume", narrow_lens),  # noqa: E501
 ]
 # fmt: on
 
-CASES = ANALYZE + VIEW + INTERVENE + PREPARE + TRAIN + SWEEP + EVAL + EXPORT + REPORT
+CASES = ANALYZE + VIEW + INTERVENE + FIT_LENS + PREPARE + TRAIN + SWEEP + EVAL + EXPORT + REPORT
 
 
 # ---------------------------------------------------------------------------------------------

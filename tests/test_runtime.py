@@ -15,29 +15,43 @@ from causalshift import __version__, runtime
 from causalshift.errors import UserError
 
 
+def test_lens_dtypes_leave_auto_to_the_lens_probe():
+    """`--dtype` -> (weights dtype, screen): auto on CPU is None (measured by
+    causalshift.lens.probe, whatever the flags), bf16 on CUDA; other values are forced."""
+    assert runtime.lens_dtypes("auto", "cpu") == (torch.float32, None)
+    assert runtime.lens_dtypes("auto", "cuda") == (torch.bfloat16, "bfloat16")
+    assert runtime.lens_dtypes("bfloat16", "cuda:1") == (torch.bfloat16, "bfloat16")
+    assert runtime.lens_dtypes("bfloat16", "cpu") == (torch.float32, "bfloat16")
+    for name in ("float32", "int8", "int8-intmm", "int8-onednn", "int8-fbgemm"):
+        assert runtime.lens_dtypes(name, "cpu") == (torch.float32, name)
+    for name in ("int8", "int8-onednn"):
+        with pytest.raises(UserError, match="CPU screen"):
+            runtime.lens_dtypes(name, "cuda:0")
+    with pytest.raises(UserError, match="unknown --dtype"):
+        runtime.lens_dtypes("int4", "cpu")
+
+
 @pytest.mark.parametrize(
-    ("flags", "screen"),
+    ("flags", "has_int8", "has_bf16"),
     [
-        ("fpu avx512f avx512_vnni avx512_bf16", torch.int8),
-        ("fpu avx512f avx512_bf16", torch.bfloat16),
-        ("fpu avx2", torch.float32),
+        ("fpu avx512f avx512_vnni avx512_bf16", True, True),
+        ("fpu avx512f avx512_bf16", False, True),
+        ("fpu avx2", False, False),
     ],
 )
-def test_auto_dtype_picks_the_fastest_cpu_screen(flags, screen, monkeypatch):
+def test_cpu_facts_from_flags(flags, has_int8, has_bf16, monkeypatch):
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(runtime, "_int_mm_works", lambda: True)
-    assert runtime.lens_dtypes("auto", "cpu") == (torch.float32, screen)
-    assert runtime.lens_dtypes("auto", "cuda") == (torch.bfloat16, torch.bfloat16)
-    assert runtime.lens_dtypes("int8", "cpu") == (torch.float32, torch.int8)
-    with pytest.raises(UserError, match="CPU screen"):
-        runtime.lens_dtypes("int8", "cuda:0")
+    assert runtime.cpu_has_int8() == has_int8 and runtime.cpu_has_bf16() == has_bf16
+    assert runtime.cpu_float_screen() == (torch.bfloat16 if has_bf16 else torch.float32)
 
 
 def test_cpu_flags_parse_the_flags_line(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 amx_bf16\n\n")
+    info.write_text("processor\t: 0\nmodel name\t: AMD X 16\nflags\t\t: fpu avx2 amx_bf16\n\n")
     monkeypatch.setattr(runtime, "CPUINFO", info)
     assert runtime.cpu_flags() == frozenset({"fpu", "avx2", "amx_bf16"})
+    assert runtime.cpu_model() == "AMD X 16"
     assert runtime.cpu_has_bf16()
     assert runtime.autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16
 
@@ -48,7 +62,8 @@ def test_no_cpuinfo_means_no_flags_and_float32(tmp_path, monkeypatch):
     assert runtime.cpu_flags() == frozenset()
     assert not runtime.cpu_has_bf16() and not runtime.cpu_has_int8()
     assert runtime.cpu_float_screen() == torch.float32
-    assert runtime.lens_dtypes("auto", "cpu") == (torch.float32, torch.float32)
+    assert runtime.cpu_model() == (platform.processor() or platform.machine() or "unknown")
+    assert runtime.cpu_capability()  # torch's own answer, no file needed
     assert runtime.autocast_dtype("auto", torch.device("cpu")) is None
     assert runtime.autocast_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     assert runtime.autocast_dtype("float32", torch.device("cpu")) is None

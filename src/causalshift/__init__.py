@@ -17,15 +17,17 @@ __version__ = "0.1.0"
 __all__ = [
     "UserError",
     "__version__",
+    "fit_lens",
     "intervene",
     "load_model",
     "measure",
+    "sweep",
     "register_auto_classes",
     "view",
 ]
 
 # Public names served by causalshift.api, imported when first used.
-_API = ("intervene", "load_model", "measure", "view")
+_API = ("fit_lens", "intervene", "load_model", "measure", "sweep", "view")
 
 
 def __getattr__(name: str) -> Any:

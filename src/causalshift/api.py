@@ -142,15 +142,39 @@ class Measurement:
     @property
     def layers(self) -> pd.DataFrame:
         """One row per layer: layer, every metric, and <metric>_lo / <metric>_hi (the 95%
-        interval)."""
+        interval); with sublayers=True also `label` ("3.attn" after block 3's attention, "3"
+        after block 3) and `depth` (relative depth, (l - 0.5) / L for "l.attn")."""
         import pandas as pd
 
+        sub = self.model.has_sublayer_rows
         rows = []
         for r in self.model.layers:
-            row: dict[str, Any] = {"layer": r.layer, **r.values}
+            row: dict[str, Any] = {"layer": r.layer}
+            if sub:
+                row.update(label=r.name, depth=r.relative_depth(self.model.num_layers))
+            row.update(r.values)
             for metric, (lo, hi) in (r.ci95 or {}).items():
                 row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
             rows.append(row)
+        return pd.DataFrame(rows)
+
+    @property
+    def sublayers(self) -> pd.DataFrame | None:
+        """With sublayers=True, one row per block l and sublayer ("attn", "mlp"): the change
+        it brings to each metric (logprob_output, top{k}_output, projection) and its 95%
+        interval (<metric>_lo / <metric>_hi); None without sublayers."""
+        import pandas as pd
+
+        if not self.model.sublayers:
+            return None
+        rows = []
+        for s in self.model.sublayers:
+            for part in ("attn", "mlp"):
+                row: dict[str, Any] = {"layer": s.layer, "sublayer": part, **getattr(s, part)}
+                for metric in getattr(s, part):
+                    lo, hi = s.interval(part, metric) or (None, None)
+                    row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
+                rows.append(row)
         return pd.DataFrame(rows)
 
     @property
@@ -200,6 +224,7 @@ def measure(
     topk: Sequence[int] = (1, 5),
     progress: bool = False,
     positions: bool = False,
+    sublayers: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> Measurement:
@@ -210,8 +235,10 @@ def measure(
     of `data` (a Data SPEC, default "wiki"), `texts` (strings, joined and cut into windows
     as a data file is; num_seqs None: every full window) or `tokens` (an (S, T) LongTensor,
     used as it is). positions: keep the per-position records (`analyze --save-positions`:
-    `.positions`, positions.parquet on save). options: any other option of `causalshift
-    analyze` by its field name (targets, batch_size, dtype, vocab_chunk, seed, ...);
+    `.positions`, positions.parquet on save). sublayers: also the rows after each block's
+    attention and the attention/MLP split (`analyze --sublayers`: `.sublayers`).
+    options: any other option of `causalshift analyze` by its field name (targets,
+    batch_size, dtype, vocab_chunk, seed, ...);
     num_seqs None with `data`: 32 on CPU, 1000 on GPU, as in `analyze`.
     """
     from causalshift.lens.command import measure as run_measure
@@ -234,6 +261,8 @@ def measure(
         label, tokens_for = data or "wiki", None
     if positions:
         options = {**options, "save_positions": True}
+    if sublayers:
+        options = {**options, "sublayers": True}
     cfg = _config(lm, label, num_seqs, seq_len, topk, options)
     result = run_measure(cfg, [lm], tokens_for=tokens_for, progress=progress)
     assert result is not None  # one process: always rank 0
@@ -335,16 +364,28 @@ def intervene(
     num_seqs: int = 32,
     seq_len: int = 128,
     layers: str | Sequence[int] = "all",
-    alpha: Sequence[float] = (0.0, 0.5, 0.9),
-    batch_size: int = 8,
+    alpha: float | Sequence[float] | None = None,
+    batch_size: int | None = None,
+    with_lens: bool = False,
+    learn_gate: bool = False,
+    tau: float = 1.0,
+    steps: int = 24,
+    lr: float = 0.2,
+    eval_seqs: int = 8,
+    seed: int = 0,
     progress: bool = False,
     name: str | None = None,
 ) -> dict[str, Any]:
     """Test-time residual attenuation (what `causalshift intervene` measures): block l
-    computes alpha * x + F_l(x), one (layer, alpha) pair at a time. Returns the
-    intervene.json document: `baseline` and, per pair, an entry of `runs` (loss, top1, their
-    95% intervals, loss_increase). model: a causal LM in memory with its tokenizer, or a
-    Model SPEC string; layers: "all" or block numbers 1..L."""
+    computes alpha * x + F_l(x), one (layer, alpha) pair at a time (alpha default 0, 0.5,
+    0.9). Returns the intervene.json document: `baseline` (with the lens' `shift_layer`)
+    and, per pair, an entry of `runs` (loss, top1, their 95% intervals, loss_increase and
+    its paired interval; with_lens: the run's `shift_layer`). model: a causal LM in memory
+    with its tokenizer, or a Model SPEC string; layers: "all" or block numbers 1..L.
+
+    learn_gate=True (`intervene --learn-gate`): learn the gate over all blocks on the frozen
+    model (alpha: the floor A, default 0.5; tau, steps, lr, seed; num_seqs windows to fit
+    on, the eval_seqs after them held out) and return the learn_gate.json document."""
     from causalshift.lens.intervene_command import InterveneConfig, measure_model
 
     with _quiet(progress):
@@ -353,14 +394,108 @@ def intervene(
         raise UserError("pass the model's tokenizer: intervene(model, tokenizer, ...)")
     if not isinstance(layers, str):
         layers = ",".join(str(int(x)) for x in layers)
+    if isinstance(alpha, (int, float)):
+        alpha = (alpha,)
     cfg = InterveneConfig(
         model=lm.name,
         data=data,
         layers=layers,
-        alpha=tuple(float(a) for a in alpha),
+        alpha=None if alpha is None else tuple(float(a) for a in alpha),
         num_seqs=num_seqs,
         seq_len=seq_len,
         batch_size=batch_size,
+        with_lens=with_lens,
+        learn_gate=learn_gate,
+        tau=tau,
+        steps=steps,
+        lr=lr,
+        eval_seqs=eval_seqs,
+        seed=seed,
         device=str(lm.device),
     )
     return measure_model(cfg, lm, progress=progress)
+
+
+def fit_lens(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    out: str | os.PathLike,
+    data: str | None = None,
+    tokens: int | None = None,
+    steps: int | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    name: str | None = None,
+    **options: Any,
+) -> Any:
+    """Train a tuned lens for `model` into the folder `out` (what `causalshift fit-lens`
+    does: config.json + params.pt in the tuned-lens package's layout, fit.json,
+    fit_lens.png) and return fit.json's record (`results.FitLensResult`: `.layers[l].kl_tuned`
+    and `.kl_logit`, the held-out KL per layer). model: a causal LM in memory with its
+    tokenizer, or a Model SPEC string; data: a Data SPEC (default "wiki"); tokens or steps:
+    the training budget (default 12,288 tokens); options: any other option of fit-lens by its field
+    name (seq_len, batch_size, lr, optimizer, eval_seqs, skip_tokens, seed, ...); resume:
+    continue the fit in `out`. `measure(..., lens="tuned:DIR")` then measures through it."""
+    from causalshift.lens.fit_command import FitConfig
+    from causalshift.lens.fit_command import fit_lens as run_fit
+
+    with _quiet(progress):
+        lm = lens_model(model, tokenizer, name=name)
+    if lm.tokenizer is None:
+        raise UserError("pass the model's tokenizer: fit_lens(model, tokenizer, out=...)")
+    fields = {f.name for f in dataclasses.fields(FitConfig)} - {"model", "device", "out"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UserError(
+            f"fit_lens() got unknown option(s) {', '.join(unknown)}; options: "
+            + ", ".join(sorted(fields))
+        )
+    given = {"resume": resume, **options}  # what the caller set (a resume checks it)
+    named = (("data", data), ("tokens", tokens), ("steps", steps))
+    given.update({k: v for k, v in named if v is not None})
+    cfg = FitConfig(model=lm.name, device=str(lm.device), out=str(out), **given)
+    result = run_fit(cfg, given, lm=lm, progress=progress)
+    assert not isinstance(result, int)  # no signal handler here: Ctrl-C raises
+    return result
+
+
+def sweep(
+    out: str | os.PathLike,
+    *,
+    preset: str = "cpu-small",
+    layers: str | Sequence[int] = "all",
+    alpha: float | Sequence[float] = 0.0,
+    seeds: Sequence[int] = (1,),
+    modes: Sequence[str] = (),
+    max_steps: int | None = None,
+    data: str | None = None,
+    tracker: Sequence[str] = (),
+    train_args: str = "",
+    baseline: bool = True,
+    progress: bool = False,
+) -> Any:
+    """Train the runs of `causalshift sweep` into the folder `out` (every (layer, alpha, seed)
+    cut, the baseline and the learned `modes` per seed; finished runs are skipped, so a call
+    continues a sweep) and return sweep.json's record (`results.SweepResult`: `.comparisons`
+    holds each cut's and mode's paired difference to the baseline, `.best_cut()` the best).
+    Without progress, each run's output goes to OUT/<name>/train.log."""
+    import argparse
+    import io
+
+    from causalshift.results import SweepResult
+    from causalshift.train import sweep as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--out", str(out)])
+    args.preset, args.max_steps, args.data, args.train_args = preset, max_steps, data, train_args
+    args.layers = layers if isinstance(layers, str) else ",".join(str(int(k)) for k in layers)
+    alphas = (alpha,) if isinstance(alpha, (int, float)) else alpha
+    args.alpha = ",".join(str(a) for a in alphas)  # checked as the command line's
+    args.seeds, args.modes, args.tracker = tuple(seeds), tuple(modes), list(tracker)
+    args.baseline, args.quiet = baseline, not progress
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        command.run(args)  # runs that failed are in the record with their status
+    return SweepResult.read(out)

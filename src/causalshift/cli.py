@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("causalshift.lens.command", "measure the causal shift in pretrained causal LMs"),
     "view": ("causalshift.lens.view", "the per-token logit-lens picture of one prompt"),
     "intervene": ("causalshift.lens.intervene_command", "attenuate one residual at test time"),
+    "fit-lens": ("causalshift.lens.fit_command", "train a tuned lens (one translator per layer)"),
     "prepare": ("causalshift.train.prepare", "tokenize text into GPT-2 token shards"),
     "train": ("causalshift.train.command", "train a GPT-2-style model with residual attenuation"),
     "sweep": ("causalshift.train.sweep", "train the baseline and a fixed cut at each layer"),

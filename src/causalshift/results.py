@@ -11,7 +11,7 @@ are remembered in `absent` and left out again, so `R.from_dict(d).to_dict() == d
     metrics.jsonl  MetricRecord per logged step                               `train`
     summary.json   RunSummary                                                 `train`
     config.json    read by run_info (the residual mode, seed, preset, depth)  `train`, `export`
-    sweep.json     SweepResult (SweepRunRecord per run, LossStats)            `sweep`
+    sweep.json     SweepResult (SweepRunRecord per run, LossStats, Comparison)  `sweep`
     eval.json      EvalResult (EvalRow per number)                            `eval`
 
 Pure JSON: nothing here imports torch, pandas or matplotlib (the figures/ package draws
@@ -48,6 +48,7 @@ SUMMARY_NAME = "summary.json"
 RUN_CONFIG_NAME = "config.json"
 SWEEP_NAME = "sweep.json"
 EVAL_NAME = "eval.json"
+FIT_LENS_NAME = "fit.json"
 
 R = TypeVar("R", bound="Record")
 
@@ -136,22 +137,57 @@ class LayerRow(Record):
     """One layer of an analysis: each metric's mean over sequences and its 95% interval.
 
     In JSON the metrics are top-level keys of the row (`{"layer": 0, "top1_input": ...,
-    "ci95": {...}}`), in the engine's column order; here they are `values`."""
+    "ci95": {...}}`), in the engine's column order; here they are `values`. A sublayer row
+    (`analyze --sublayers`: the stream after block l's attention) keeps its block in
+    `layer` and adds `"label": "l.attn"` and `"depth": (l - 0.5) / L`; rows without a label
+    are the streams after each block, as in files written before sublayers existed."""
+
+    SUBLAYER_KEYS: ClassVar[tuple[str, ...]] = ("label", "depth")
 
     layer: int
+    label: str | None = None
+    depth: float | None = None
     values: dict[str, Any] = field(default_factory=dict)
     ci95: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"layer": self.layer, **self.values}
+        d: dict[str, Any] = {"layer": self.layer}
+        d.update({k: getattr(self, k) for k in self.SUBLAYER_KEYS if getattr(self, k) is not None})
+        d.update(self.values)
         if self.ci95 is not None:
             d["ci95"] = self.ci95
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LayerRow:
-        values = {k: v for k, v in d.items() if k not in ("layer", "ci95")}
-        return cls(layer=d.get("layer"), values=values, ci95=d.get("ci95"))
+        skip = ("layer", "ci95", *cls.SUBLAYER_KEYS)
+        values = {k: v for k, v in d.items() if k not in skip}
+        return cls(
+            layer=d.get("layer"),
+            label=d.get("label"),
+            depth=d.get("depth"),
+            values=values,
+            ci95=d.get("ci95"),
+        )
+
+    @property
+    def is_block(self) -> bool:
+        """True for the stream after a block (or layer 0), False for an `l.attn` row."""
+        return self.label is None or self.label == str(self.layer)
+
+    @property
+    def name(self) -> str:
+        """The row's label: "3" after block 3, "3.attn" after block 3's attention."""
+        return self.label if self.label is not None else str(self.layer)
+
+    @property
+    def position(self) -> float:
+        """Place on the layer axis: l, or l - 0.5 for `l.attn` (between streams l-1 and l)."""
+        return self.layer if self.is_block else self.layer - 0.5
+
+    def relative_depth(self, num_layers: int) -> float:
+        """position / L (the `depth` a sublayer row stores)."""
+        return self.depth if self.depth is not None else self.position / max(num_layers, 1)
 
     def value(self, metric: str) -> Any:
         """The metric's mean at this layer (None when the row lacks it)."""
@@ -190,6 +226,24 @@ class StratumResult(Record):
 
 
 @dataclass(kw_only=True)
+class SublayerRow(Record):
+    """How block l changes the output target's metrics (`analyze --sublayers`): the change
+    brought by its attention (row l.attn minus row l-1) and by its MLP (row l minus row
+    l.attn), per metric, with 95% intervals over sequences: ci95 = {"attn": {metric: [lo,
+    hi]}, "mlp": {...}}."""
+
+    layer: int
+    attn: dict[str, Any] = field(default_factory=dict)
+    mlp: dict[str, Any] = field(default_factory=dict)
+    ci95: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def interval(self, part: str, metric: str) -> tuple[float, float] | None:
+        """The 95% interval of `part` ("attn" or "mlp") for `metric` (None if not recorded)."""
+        ci = (self.ci95 or {}).get(part, {}).get(metric)
+        return (ci[0], ci[1]) if isinstance(ci, (list, tuple)) and len(ci) == 2 else None
+
+
+@dataclass(kw_only=True)
 class ModelResult(Record):
     """One model of an analysis: what was loaded, how many positions counted, its layers."""
 
@@ -197,9 +251,12 @@ class ModelResult(Record):
         "layers": LayerRow,
         "shift_layer": ShiftLayers,
         "strata": StratumResult,
+        "sublayers": SublayerRow,
     }
 
     name: str
+    # the decoder: "logit", or "tuned:LENS_DIR" (`analyze --lens`); files without it: logit
+    lens: str = "logit"
     source: str | None = None
     architecture: str | None = None
     num_layers: int
@@ -214,9 +271,35 @@ class ModelResult(Record):
     seconds: float | None = None
     tokens_per_second: float | None = None
     strata: list[StratumResult] = field(default_factory=list)
+    # per block, what its attention and its MLP add (`--sublayers`; the key only then)
+    sublayers: list[SublayerRow] = field(default_factory=list)
     # the per-position records (a pyarrow Table, lens/positions.py) of `--save-positions`:
     # written to positions.parquet by AnalyzeResult.write, never to results.json
     positions: Any = field(default=None, repr=False, compare=False, metadata={"transient": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not self.sublayers:  # files without sublayers stay as they were
+            d.pop("sublayers", None)
+        return d
+
+    def block_layers(self) -> list[LayerRow]:
+        """The rows of the streams after each block, 0..L (no `l.attn` rows)."""
+        return [r for r in self.layers if r.is_block]
+
+    @property
+    def has_sublayer_rows(self) -> bool:
+        return any(not r.is_block for r in self.layers)
+
+    @property
+    def lens_kind(self) -> str:
+        """"logit" or "tuned" (the part of `lens` before any ":DIR")."""
+        return (self.lens or "logit").split(":", 1)[0]
+
+    @property
+    def label(self) -> str:
+        """The model's name, and its lens when that is not the logit lens."""
+        return self.name if self.lens_kind == "logit" else f"{self.name} ({self.lens_kind} lens)"
 
     def topk_ks(self) -> list[int]:
         """The k's of the top-k match columns (keys like 'top5_input' of the first layer)."""
@@ -254,27 +337,36 @@ class AnalyzeResult(Record):
     environment: dict[str, Any] = field(default_factory=dict)
 
     def layers_csv(self) -> str:
-        """Long form: one row per model x layer x metric with its 95% interval.
+        """Long form: one row per model x layer x metric with its 95% interval (the layer
+        column holds `l.attn` for a sublayer row, its depth column (l - 0.5) / L).
 
         With strata (lens/strata.py), each stratum adds three columns after these, its
         value and interval of the row's model, layer and metric: `<stratum>`,
         `<stratum>_ci95_low`, `<stratum>_ci95_high` (empty where the stratum lacks it);
-        the rows and the first seven columns stay what they are without strata."""
+        the rows and the first seven columns stay what they are without strata. When a
+        model was decoded by another lens than the logit lens (`--lens tuned:DIR`), an eighth
+        column `lens` (the model's `lens`) comes before the strata columns."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         names = self.stratum_names()
         strata_cols = [f"{n}{suffix}" for n in names for suffix in ("", "_ci95_low", "_ci95_high")]
+        lens_col = ["lens"] if any(m.lens_kind != "logit" for m in self.models) else []
         w.writerow(
-            ["model", "layer", "depth", "metric", "value", "ci95_low", "ci95_high"] + strata_cols
+            ["model", "layer", "depth", "metric", "value", "ci95_low", "ci95_high"]
+            + lens_col
+            + strata_cols
         )
         for m in self.models:
             by_name = {s.name: s for s in m.strata}
             for row in m.layers:
+                # strata hold the block rows only: an `l.attn` row has empty stratum cells
+                strata = by_name if row.is_block else {}
                 for metric, (lo, hi) in (row.ci95 or {}).items():
-                    depth = row.layer / m.num_layers
-                    extra = _stratum_cells(by_name, names, row.layer, metric)
+                    depth = row.relative_depth(m.num_layers)
+                    extra = _stratum_cells(strata, names, row.layer, metric)
                     w.writerow(
-                        [m.name, row.layer, f"{depth:.4f}", metric, row.values[metric], lo, hi]
+                        [m.name, row.name, f"{depth:.4f}", metric, row.values[metric], lo, hi]
+                        + [m.lens] * len(lens_col)
                         + extra
                     )
         return buf.getvalue()
@@ -335,6 +427,47 @@ def _file(path: str | Path, name: str) -> Path:
     """`path` itself, or `path / name` when `path` is a folder."""
     path = Path(path)
     return path / name if path.is_dir() else path
+
+
+# --- fit-lens: fit.json ----------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class FitLayerRow(Record):
+    """One lens row of fit.json: the held-out KL(model || lens) in nats, mean over positions,
+    of the tuned lens and of the logit lens, with 95% intervals over sequences (ci95 =
+    {"kl_tuned": [lo, hi], "kl_logit": [lo, hi]})."""
+
+    layer: int
+    kl_tuned: float | None = None
+    kl_logit: float | None = None
+    ci95: dict[str, list[float]] | None = None
+
+
+@dataclass(kw_only=True)
+class FitLensResult(Record):
+    """fit.json of `causalshift fit-lens`: the model, the text, the training (steps, tokens,
+    seconds, the loss per step in `history`) and the held-out KL per layer."""
+
+    NESTED: ClassVar[dict[str, type[Record]]] = {"layers": FitLayerRow}
+
+    schema_version: int = SCHEMA_VERSION
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    layers: list[FitLayerRow] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # {"step", "loss", "lr"}
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, out: str | Path) -> Path:
+        """fit.json in `out`, atomically."""
+        return write_json(Path(out) / FIT_LENS_NAME, self.to_dict())
+
+    @classmethod
+    def read(cls, path: str | Path) -> FitLensResult:
+        """A fit.json (or the lens folder holding one)."""
+        return cls.from_dict(read_json_object(_file(path, FIT_LENS_NAME), "fit-lens results"))
 
 
 # --- train: metrics.jsonl, summary.json, config.json ---------------------------------------
@@ -546,9 +679,11 @@ class SweepRunRecord(Record):
 class LossStats(Record):
     """Final validation losses of several runs (seeds): mean, range, sample std, count.
 
-    The baseline's statistics have no cut layer: then the key is not written."""
+    The baseline's statistics have no cut layer and no alpha, nor have a fixed cut's in
+    sweeps whose runs record no alpha: then those keys are not written."""
 
     cut_layer: int | None = None
+    alpha: float | None = None
     mean: float
     min: float
     max: float
@@ -557,60 +692,227 @@ class LossStats(Record):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        if self.cut_layer is None:
-            d.pop("cut_layer", None)
+        for key in ("cut_layer", "alpha"):
+            if getattr(self, key) is None:
+                d.pop(key, None)
         return d
 
 
-def loss_stats(values: Sequence[float], cut_layer: int | None = None) -> LossStats:
+def loss_stats(
+    values: Sequence[float], cut_layer: int | None = None, alpha: float | None = None
+) -> LossStats:
     """Statistics of a non-empty list of losses; std is 0.0 for one value."""
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return LossStats(cut_layer=cut_layer, mean=mean, min=min(values), max=max(values), std=std, n=n)
+    return LossStats(
+        cut_layer=cut_layer, alpha=alpha, mean=mean, min=min(values), max=max(values), std=std, n=n
+    )
+
+
+def _alpha_key(alpha: float | None) -> float:
+    return -math.inf if alpha is None else alpha
 
 
 def sweep_stats(runs: Iterable[SweepRunRecord]) -> tuple[LossStats | None, list[LossStats]]:
-    """The baseline's and each fixed cut layer's statistics over the finished runs."""
+    """The baseline's and each fixed cut's (layer, alpha) statistics over the finished runs,
+    the cuts ordered by alpha, then layer."""
     done = [r for r in runs if r.final_val_loss is not None]
     base = [r.final_val_loss for r in done if r.mode == "none"]
-    layers: dict[int, list[float]] = {}
+    cells: dict[tuple[int, float | None], list[float]] = {}
     for r in done:
         if r.mode == "fixed":
-            layers.setdefault(int(r.cut_layer), []).append(r.final_val_loss)
-    by_layer = [loss_stats(v, cut_layer=k) for k, v in sorted(layers.items())]
+            cells.setdefault((int(r.cut_layer), r.alpha), []).append(r.final_val_loss)
+    order = sorted(cells, key=lambda ka: (_alpha_key(ka[1]), ka[0]))
+    by_layer = [loss_stats(cells[k, a], cut_layer=k, alpha=a) for k, a in order]
     return (loss_stats(base) if base else None), by_layer
+
+
+# Two-sided 95% Student-t quantiles t(0.975, df) for df = 1..30.
+T95 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t95(df: int) -> float:
+    """t(0.975, df): the table up to 30 degrees of freedom, then the Cornish-Fisher
+    expansion in 1/df (within 0.001 of the exact quantile there)."""
+    if df < 1:
+        raise ValueError(f"a t quantile needs df >= 1, got {df}")
+    if df <= len(T95):
+        return T95[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(kw_only=True)
+class PairedDiff(Record):
+    """Losses minus a reference's, seed by seed: the mean difference over the `n` seeds that
+    both have, and its 95% t interval over those seeds (None with one seed)."""
+
+    mean: float
+    ci95: list[float] | None = None
+    n: int
+    seeds: list[int] = field(default_factory=list)
+
+    @property
+    def excludes_zero(self) -> bool:
+        """The interval lies wholly above or below 0."""
+        return self.ci95 is not None and (self.ci95[0] > 0 or self.ci95[1] < 0)
+
+
+def paired_diff(values: Mapping[int, float], reference: Mapping[int, float]) -> PairedDiff | None:
+    """d_s = values[s] - reference[s] over the seeds s in both: mean(d) and
+    mean(d) -/+ t(0.975, n - 1) sd(d) / sqrt(n); None when no seed is in both."""
+    seeds = sorted(set(values) & set(reference))
+    if not seeds:
+        return None
+    d = [values[s] - reference[s] for s in seeds]
+    n, mean = len(d), sum(d) / len(d)
+    ci = None
+    if n > 1:
+        half = t95(n - 1) * math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) / math.sqrt(n)
+        ci = [mean - half, mean + half]
+    return PairedDiff(mean=mean, ci95=ci, n=n, seeds=seeds)
+
+
+@dataclass(kw_only=True)
+class Comparison(Record):
+    """One fixed cut (layer, alpha) or learned mode of a sweep: its mean final loss over
+    seeds and its paired differences to the baseline and (learned modes) to the best cut."""
+
+    NESTED: ClassVar[dict[str, type[Record]]] = {"vs_baseline": PairedDiff, "vs_best": PairedDiff}
+
+    mode: str
+    cut_layer: int | None = None
+    alpha: float | None = None
+    mean: float
+    n: int
+    seeds: list[int] = field(default_factory=list)
+    vs_baseline: PairedDiff | None = None
+    vs_best: PairedDiff | None = None
+
+
+def _losses_by_variant(
+    runs: Iterable[SweepRunRecord],
+) -> dict[tuple[str, int | None, float | None], tuple[list[float], dict[int, float]]]:
+    """(mode, cut layer, alpha) -> (every finished loss, the mean loss per seed)."""
+    found: dict[tuple[str, int | None, float | None], list[tuple[int | None, float]]] = {}
+    for r in runs:
+        if r.final_val_loss is None or not isinstance(r.mode, str):
+            continue
+        alpha = None if r.mode == "none" else r.alpha
+        key = (r.mode, r.cut_layer if r.mode == "fixed" else None, alpha)
+        found.setdefault(key, []).append((r.seed, r.final_val_loss))
+    out = {}
+    for key, pairs in found.items():
+        per_seed: dict[int, list[float]] = {}
+        for seed, loss in pairs:
+            if isinstance(seed, int):
+                per_seed.setdefault(seed, []).append(loss)
+        out[key] = ([x for _, x in pairs], {s: sum(v) / len(v) for s, v in per_seed.items()})
+    return out
+
+
+def sweep_comparisons(
+    runs: Iterable[SweepRunRecord],
+) -> tuple[list[Comparison], dict[str, Any] | None]:
+    """Each fixed cut (by alpha, then layer) and each learned mode (in report order) against
+    the baseline, seed by seed; the best cut (the lowest mean loss: {"cut_layer", "alpha"},
+    None without cuts) and each learned mode against it."""
+    variants = _losses_by_variant(runs)
+    base = next((by_seed for (m, _, _), (_, by_seed) in variants.items() if m == "none"), {})
+    rows = []
+    for (mode, cut, alpha), (losses, by_seed) in variants.items():
+        if mode == "none":
+            continue
+        rows.append(
+            Comparison(
+                mode=mode,
+                cut_layer=cut,
+                alpha=alpha,
+                mean=sum(losses) / len(losses),
+                n=len(losses),
+                seeds=sorted(by_seed),
+                vs_baseline=paired_diff(by_seed, base),
+            )
+        )
+    order = {name: cls.order for name, cls in MODES.items()}
+    rows.sort(key=lambda c: (order.get(c.mode, 99), c.mode, _alpha_key(c.alpha), c.cut_layer or 0))
+    cuts = [c for c in rows if c.mode == "fixed"]
+    if not cuts:
+        return rows, None
+    best = min(cuts, key=lambda c: c.mean)
+    best_seeds = variants["fixed", best.cut_layer, best.alpha][1]
+    for c in rows:
+        if c.mode != "fixed":
+            c.vs_best = paired_diff(variants[c.mode, None, c.alpha][1], best_seeds)
+    return rows, {"cut_layer": best.cut_layer, "alpha": best.alpha}
 
 
 @dataclass(kw_only=True)
 class SweepResult(Record):
-    """sweep.json of `causalshift sweep`: every run, the baseline's and each layer's stats."""
+    """sweep.json of `causalshift sweep`: every run, the baseline's and each cut's stats, and
+    each cut's and learned mode's paired differences (`comparisons`).
+
+    `alpha` is the sweep's one alpha (None when it has several: see `alphas`); files from
+    before alpha lists have no `alphas`, `modes`, `comparisons` or `best`."""
 
     NESTED: ClassVar[dict[str, type[Record]]] = {
         "runs": SweepRunRecord,
         "baseline": LossStats,
         "by_layer": LossStats,
+        "comparisons": Comparison,
     }
+    STATS_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"baseline", "by_layer", "comparisons", "best"}
+    )
 
     schema_version: int = SCHEMA_VERSION
     preset: str | None = None
     alpha: float | None = None
+    alphas: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)
     max_steps: int | None = None
     data: str | None = None
     runs: list[SweepRunRecord] = field(default_factory=list)
     baseline: LossStats | None = None
     by_layer: list[LossStats] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    best: dict[str, Any] | None = None
 
     def with_stats(self) -> SweepResult:
-        """This sweep with `baseline` and `by_layer` computed from its runs."""
+        """This sweep with its statistics (STATS_KEYS) computed from its runs."""
         baseline, by_layer = sweep_stats(self.runs)
+        comparisons, best = sweep_comparisons(self.runs)
         return dataclasses.replace(
             self,
             baseline=baseline,
             by_layer=by_layer,
-            absent=self.absent - {"baseline", "by_layer"},
+            comparisons=comparisons,
+            best=best,
+            absent=self.absent - self.STATS_KEYS,
         )
+
+    @property
+    def cuts(self) -> list[Comparison]:
+        """The fixed cuts' comparisons."""
+        return [c for c in self.comparisons if c.mode == "fixed"]
+
+    @property
+    def learned(self) -> list[Comparison]:
+        """The learned modes' comparisons."""
+        return [c for c in self.comparisons if c.mode != "fixed"]
+
+    def best_cut(self) -> Comparison | None:
+        """The comparison of the best cut (`best`), if any."""
+        if not isinstance(self.best, Mapping):
+            return None
+        key = (self.best.get("cut_layer"), self.best.get("alpha"))
+        return next((c for c in self.cuts if (c.cut_layer, c.alpha) == key), None)
 
     def write(self, out: str | Path) -> Path:
         return write_json(Path(out) / SWEEP_NAME, self.to_dict())

@@ -256,17 +256,41 @@ def hardware_name(device: torch.device | str) -> str:
 # CPU features and the dtype policy
 
 
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text, or "" where there is none (macOS, Windows)."""
+    try:
+        return CPUINFO.read_text()
+    except OSError:
+        return ""
+
+
 def cpu_flags() -> frozenset[str]:
     """The ISA flags of /proc/cpuinfo's first `flags` line (x86 Linux); empty where there is
     no such file or line (macOS, Windows, ARM)."""
-    try:
-        text = CPUINFO.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
+    for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's first `model name`), else what `platform`
+    knows (the processor or the machine's architecture)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name") and ":" in line:
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_capability() -> str:
+    """The vector ISA torch's CPU kernels dispatch to (e.g. AVX2, AVX512; ATEN_CPU_CAPABILITY
+    lowers it), or "unknown" where this torch does not say."""
+    import torch
+
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
 
 
 def cpu_has_bf16() -> bool:
@@ -277,7 +301,12 @@ def cpu_has_bf16() -> bool:
 def cpu_has_int8() -> bool:
     """True when this CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, AMX)
     and this torch build multiplies int8 matrices on the CPU (`torch._int_mm`)."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()) and _int_mm_works()
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()) and int_mm_works()
+
+
+def int_mm_works() -> bool:
+    """True when this torch build runs `torch._int_mm` on the CPU (fast or not)."""
+    return _int_mm_works()
 
 
 @functools.cache
@@ -292,37 +321,37 @@ def _int_mm_works() -> bool:
 
 
 def cpu_float_screen() -> torch.dtype:
-    """The CPU's floating-point lens screen: bf16 with bf16 matmul support, else float32 (also
-    the int8 screen's companion for the first columns and for biased unembeddings)."""
+    """The CPU's floating-point lens screen by its flags: bf16 with bf16 matmul support, else
+    float32 (the float screen next to an int8 screen forced by `--dtype`; `--dtype auto`
+    measures instead, see `causalshift.lens.probe`)."""
     import torch
 
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
-def lens_dtypes(name: str, device: torch.device | str) -> tuple[torch.dtype, torch.dtype]:
-    """`analyze --dtype` -> (weights dtype, lens screen dtype).
+# `analyze --dtype` values: auto, the float screens, int8 (the CPU's int8 kernel), and each
+# int8 kernel by name (docs/method.md, "The fast path").
+LENS_DTYPES = ("auto", "float32", "bfloat16", "int8", "int8-intmm", "int8-onednn", "int8-fbgemm")
 
-    auto: on CUDA bf16 weights and a bf16 screen; on CPU float32 weights (the model's own
-    forward is cheap) and the fastest screen the CPU has: int8 with int8 dot-product
-    instructions (VNNI, AMX), else bf16 with bf16 matmul support (AVX-512 bf16, AMX), else
-    float32. The screen's dtype changes speed, not the ranks (`causalshift.lens.screen`).
+
+def lens_dtypes(name: str, device: torch.device | str) -> tuple[torch.dtype, str | None]:
+    """`analyze --dtype` -> (weights dtype, the lens screen asked for).
+
+    Weights: bf16 on CUDA with auto or bfloat16, else float32 (on CPU the model's own forward
+    is cheap). Screen: on CUDA auto is bfloat16; on CPU auto is None: the lens measures which
+    screen is fastest here (`causalshift.lens.probe`, cached per machine); any other value
+    is forced as given. The screen changes speed, not the ranks (`causalshift.lens.screen`).
     """
     import torch
 
     gpu = str(device).startswith("cuda")
-    if name == "float32":
-        return torch.float32, torch.float32
-    if name == "bfloat16":
-        return (torch.bfloat16 if gpu else torch.float32), torch.bfloat16
-    if name == "int8":
-        if gpu:
-            raise UserError("--dtype int8 is a CPU screen; use bfloat16 or auto on GPUs")
-        return torch.float32, torch.int8
-    if name != "auto":
-        raise UserError(f"unknown --dtype {name!r} (auto, float32, bfloat16, int8)")
-    if gpu:
-        return torch.bfloat16, torch.bfloat16
-    return torch.float32, (torch.int8 if cpu_has_int8() else cpu_float_screen())
+    if name not in LENS_DTYPES:
+        raise UserError(f"unknown --dtype {name!r} ({', '.join(LENS_DTYPES)})")
+    if name.startswith("int8") and gpu:
+        raise UserError(f"--dtype {name} is a CPU screen; use bfloat16 or auto on GPUs")
+    if gpu and name in ("auto", "bfloat16"):
+        return torch.bfloat16, "bfloat16"
+    return torch.float32, (None if name == "auto" else name)
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:

@@ -25,9 +25,14 @@ def test_alternate_interleaves_and_rotates():
 
 def test_matmul_peak_and_machine():
     peak = common.matmul_peak(size=(64, 64, 64), reps=1)
-    assert set(peak) == {"bfloat16", "float32", "int8"} and all(v > 0 for v in peak.values())
+    from causalshift.lens.screen import int8_kernel_works
+
+    quantized = {k for k in ("int8-onednn", "int8-fbgemm") if int8_kernel_works(k)}
+    assert set(peak) == {"bfloat16", "float32", "int8"} | quantized
+    assert all(v > 0 for v in peak.values())
+    assert common.peak_key("int8-intmm") == "int8" and common.peak_key("float32") == "float32"
     info = common.machine()
-    assert {"cpu", "torch", "torch_threads", "loadavg"} <= set(info)
+    assert {"cpu", "torch", "torch_threads", "loadavg", "cpu_capability", "isa_env"} <= set(info)
     table = common.md_table([{"x": 1, "y": 0.5}])
     assert table.splitlines()[0] == "| x | y |"
 

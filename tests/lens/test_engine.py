@@ -7,11 +7,22 @@ from causalshift.lens import engine
 from causalshift.lens.models import lens_model
 from causalshift.testing import tiny_hf_model as tiny_model
 
+# Every screen the probe can choose (int8 through each kernel; skipped where it cannot run).
+FAST_SCREENS = [torch.bfloat16, torch.int8, "int8-onednn", "int8-fbgemm"]
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+
+def _runs_here(dtype):
+    from causalshift.lens.screen import int8_kernel_works
+
+    if isinstance(dtype, str) and not int8_kernel_works(dtype):
+        pytest.skip(f"{dtype} does not run in this torch build")
+
+
+@pytest.mark.parametrize("dtype", FAST_SCREENS)
 def test_fast_lens_gives_the_float32_metrics(dtype, monkeypatch):
     """The bf16 and int8 screens only decide which entries to re-score: the metrics are the
     float32 ones (top-k hits identical; cosines computed in float32 in both)."""
+    _runs_here(dtype)
     monkeypatch.setattr(engine, "INT8_AFTER", 20)  # int8 chunks after the first 20 columns
     model = tiny_model("llama")
     lm = lens_model(model, tokenizer=None, name="llama", source="config")
@@ -70,11 +81,12 @@ def _lens_weights_of(unembed, bias, dtype, vocab_chunk, first=None, int8_after=0
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("dtype", [torch.float32, *FAST_SCREENS])
 @pytest.mark.parametrize("first", [None, torch.tensor([7, 3, 250, 0])])
 def test_decode_ranks_equals_reference_definition(with_bias, dtype, first):
     """The chunked, pruned rank count equals metrics.target_ranks on full logits (capped at
     max_rank), ties included, whatever order the vocabulary is scanned in."""
+    _runs_here(dtype)
     from causalshift.lens.engine import decode_ranks
     from causalshift.lens.metrics import target_ranks
 
@@ -93,10 +105,11 @@ def test_decode_ranks_equals_reference_definition(with_bias, dtype, first):
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("dtype", FAST_SCREENS)
 def test_decode_ranks_resolves_near_ties_below_bf16_resolution(with_bias, dtype):
     """Competitors within 1e-5 (relative) of the target's logit, far below bf16's 2^-8: the
     screen must leave them to the float32 re-scoring and still count them right."""
+    _runs_here(dtype)
     from causalshift.lens.engine import decode_ranks
 
     g = torch.Generator().manual_seed(5)
@@ -112,7 +125,7 @@ def test_decode_ranks_resolves_near_ties_below_bf16_resolution(with_bias, dtype)
             unembed[n + 6 * i + k] = unembed[i] * (1 + eps)
     bias = torch.zeros(500) if with_bias else None
     weights = _lens_weights_of(unembed, bias, dtype, 128)
-    if dtype == torch.int8 and not with_bias:
+    if dtype in (torch.int8, "int8-onednn", "int8-fbgemm") and not with_bias:
         assert type(weights.screens[-1]).__name__ == "Int8Screen"
     logits = h @ unembed.T
     expected = (logits > logits.gather(1, target[:, None])).sum(1)

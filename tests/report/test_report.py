@@ -38,14 +38,51 @@ def test_report_tables_come_from_fixture_numbers(report: Path) -> None:
     assert "| fixed K=3 | arc_easy | acc | none | 1 | 0.3000 ± 0.0392 |" in md
     # shift layers from results.json (null -> never)
     assert "| fixture-b | LlamaForCausalLM | 8 | 1000 | 5 | 7 | never |" in md
-    # sweep (figure 4 table) and the gate's final distribution (figure 5 table)
-    assert "| cpu-small sweep | 3 | 1 | 5.7000 | 0.6000 |" in md
+    # sweep (figure 4 table; a sweep.json from before alpha lists: its runs take its alpha)
+    assert "| cpu-small sweep | 3 | 0 | 1 | 5.7000 | +0.6000 (1 seed) |" in md
+    assert "| cpu-small sweep | baseline | - | 1 | 5.1000 | 0 |" in md
+    # and the gate's final distribution (figure 5 table)
     assert "| gate_s1 | gate | 30 | 3 | 0.571 | 0.14 0.14 0.57 0.14 |" in md
     assert "lm_eval 0.4.13" in md  # environment and versions
 
 
+def test_report_paired_sweep_tables(report: Path) -> None:
+    """tests/fixtures/sweep/alpha: 3 seeds, K in {1, 2} x alpha in {0, 0.5}, and the gate.
+    Each cell: mean of d_s = loss_s - baseline_s and mean -/+ t(0.975, 2) sd(d) / sqrt(3)."""
+    md = (report / "report.md").read_text()
+    t2 = 4.303
+    # final val losses of seeds 1, 2, 3 (make_fixtures.ALPHA_SWEEP)
+    BASE, K1A0, K2A0 = (5.00, 5.10, 5.20), (5.30, 5.50, 5.70), (5.10, 5.40, 5.10)
+    BEST, GATE = (4.90, 4.90, 5.05), (4.95, 5.00, 5.10)  # BEST: K=2, alpha=0.5
+
+    def diffs(a: tuple, b: tuple) -> list[float]:
+        return [x - y for x, y in zip(a, b, strict=True)]
+
+    def paired(d: list[float]) -> str:
+        mean = sum(d) / 3
+        sd = (sum((x - mean) ** 2 for x in d) / 2) ** 0.5
+        lo, hi = mean - t2 * sd / 3**0.5, mean + t2 * sd / 3**0.5
+        return f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (" *" if lo > 0 or hi < 0 else "")
+
+    assert paired([0.3, 0.4, 0.5]) == "+0.4000 [+0.1516, +0.6484] *"  # excludes 0
+    assert f"| cpu-small alpha | 1 | 0 | 1,2,3 | 5.5000 | {paired(diffs(K1A0, BASE))} |" in md
+    assert f"| cpu-small alpha | 2 | 0 | 1,2,3 | 5.2000 | {paired(diffs(K2A0, BASE))} |" in md
+    assert f"| cpu-small alpha | 2 | 0.5 | 1,2,3 | 4.9500 | {paired(diffs(BEST, BASE))} |" in md
+    # the best cut (lowest mean: K=2, alpha=0.5) against the gate, paired by seed
+    assert "### The best fixed cut against the learned modes" in md
+    best = paired(diffs(BEST, BASE))
+    assert f"| cpu-small alpha | best cut K=2, alpha=0.5 | 1,2,3 | 4.9500 | {best} | 0 |" in md
+    gate_vs_base, gate_vs_best = paired(diffs(GATE, BASE)), paired(diffs(GATE, BEST))
+    assert gate_vs_best.startswith("+0.0667 [-0.005") and "*" not in gate_vs_best  # has 0
+    assert f"| cpu-small alpha | gate | 1,2,3 | 5.0167 | {gate_vs_base} | {gate_vs_best} |" in md
+    assert "](val_loss_heatmap_2.png)" in md and "95% Student-t interval over seeds" in md
+    assert (report / "val_loss_heatmap_2.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_report_figures_and_html(report: Path) -> None:
-    for name in ("topk_match", "similarity", "val_loss_vs_cut_layer", "gate_p", "val_loss"):
+    names = ("topk_match", "similarity", "val_loss_vs_cut_layer", "val_loss_heatmap", "gate_p",
+             "val_loss")  # fmt: skip
+    for name in names:
         data = (report / f"{name}.png").read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
         assert f"]({name}.png)" in (report / "report.md").read_text()
@@ -61,7 +98,10 @@ def test_report_without_sweep_json_draws_cut_layers_from_runs(tmp_path: Path) ->
     assert main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert (out / "val_loss_vs_cut_layer.png").read_bytes().startswith(PNG_MAGIC)
     md = (out / "report.md").read_text()
-    assert "| cpu-small (runs) | 3 | 1 | 5.7000 | 0.5500 |" in md  # vs the 2-seed baseline 5.15
+    # paired by seed: 5.70 - 5.10 (the seed-1 baseline), not minus the 2-seed mean 5.15
+    assert "| cpu-small (runs) | 3 | 0 | 1 | 5.7000 | +0.6000 (1 seed) |" in md
+    # the gate run (seed 1) against the only cut, K=3: 5.05 - 5.70
+    assert "| cpu-small (runs) | gate | 1 | 5.0500 | -0.0500 (1 seed) | -0.6500 (1 seed) |" in md
     assert not (out / "topk_match.png").exists()  # no analyze results given
 
 

@@ -21,12 +21,13 @@ from causalshift.train.config import (
 )
 
 # The top-level keys of a run's config.json before the model's own dict (unchanged since
-# TrainConfig held copies of the model's fields).
+# TrainConfig held copies of the model's fields, but for the tracking keys appended last).
 CONFIG_JSON_KEYS = (
     "preset data n_layer n_head n_embd block_size vocab_size dropout bias residual cut_layer "
     "alpha tau batch_size grad_accum batch_tokens max_steps lr min_lr_ratio warmup_steps "
     "weight_decay beta1 beta2 grad_clip gate_lr eval_interval eval_iters log_interval "
-    "checkpoint_interval seed compile dtype threads device tensorboard"
+    "checkpoint_interval seed compile dtype threads device tensorboard tracker wandb_project "
+    "wandb_name wandb_group wandb_tags"
 ).split()
 
 

@@ -65,8 +65,40 @@ def colormap(name: str) -> Any:
 
 
 def model_labels(models: Sequence[ModelResult], labels: Sequence[str] | None) -> list[str]:
-    """The legend label of each model: the given labels, else the models' names."""
-    return list(labels) if labels is not None else [m.name for m in models]
+    """The legend label of each model: the given labels, else the models' names (with the
+    lens when it is not the logit lens: `ModelResult.label`)."""
+    return list(labels) if labels is not None else [m.label for m in models]
+
+
+# With more than one lens in a figure (`analyze --lens logit,tuned:DIR`) the lens sets the
+# line (solid logit, dashed tuned) and a metric's own style (input dashed, output solid with
+# dots, the rest dotted) becomes its marker, so that each (model, lens, metric) stays apart.
+LENS_LINES = {"logit": "-", "tuned": "--"}
+METRIC_MARKERS = {"--": "x", "-o": "o", ":": "."}
+
+
+def several_lenses(models: Sequence[ModelResult]) -> bool:
+    return len({m.lens_kind for m in models}) > 1
+
+
+def lens_style(style: str, model: ModelResult, several: bool) -> str:
+    """The format string of a metric drawn in `style` for `model`: `style` itself when the
+    figure holds one lens, else the metric's marker on its lens' line."""
+    if not several:
+        return style
+    return METRIC_MARKERS.get(style, "") + LENS_LINES.get(model.lens_kind, "-.")
+
+
+def lens_title(models: Sequence[ModelResult]) -> str:
+    """"logit lens", "tuned lens" or "logit and tuned lenses": the lenses of a figure."""
+    kinds = sorted({m.lens_kind for m in models}, key=lambda k: (k != "logit", k))
+    return f"{kinds[0]} lens" if len(kinds) == 1 else f"{' and '.join(kinds)} lenses"
+
+
+def model_colors(models: Sequence[ModelResult]) -> list[int]:
+    """Colour index of each result: one per model (name and source), shared by its lenses."""
+    seen: dict[tuple[str, str | None], int] = {}
+    return [seen.setdefault((m.name, m.source), len(seen)) for m in models]
 
 
 def depth_axis(models: Sequence[ModelResult]) -> tuple[bool, str]:
@@ -77,8 +109,10 @@ def depth_axis(models: Sequence[ModelResult]) -> tuple[bool, str]:
 
 
 def layer_xs(model: ModelResult, normalize: bool) -> list[float]:
+    """Each row's x: its layer (l - 0.5 for an `l.attn` row of `--sublayers`), or that over
+    L when normalized."""
     depth = max(int(model.num_layers or 1), 1)
-    return [r.layer / depth if normalize else r.layer for r in model.layers]
+    return [r.position / depth if normalize else r.position for r in model.layers]
 
 
 def layer_line(
@@ -90,6 +124,9 @@ def layer_line(
     if any(y is None for y in ys):
         return
     ax.plot(xs, ys, style, color=color, label=label, lw=1.6, ms=3)
+    attn = [i for i, r in enumerate(model.layers) if not r.is_block]
+    if attn and "o" in style:  # `l.attn` rows (--sublayers): hollow markers
+        ax.plot([xs[i] for i in attn], [ys[i] for i in attn], "o", color=color, mfc="white", ms=3)
     ci = [r.interval(metric) for r in model.layers]
     if all(c is not None for c in ci):
         ax.fill_between(xs, [c[0] for c in ci], [c[1] for c in ci], color=color, alpha=0.15, lw=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from causalshift.figures import gate, loss, similarity, strata, topk
+from causalshift.figures import gate, loss, similarity, strata, sublayers, topk
 from causalshift.results import AnalyzeResult, read_run
 
 RUN_FIGURES_DIR = "figures"
@@ -16,7 +16,8 @@ def analyze_figures(
     result: AnalyzeResult, out: Path, metric_label: Callable[[str], str] = str
 ) -> list[Path]:
     """topk_match.png, similarity.png and (when its models have strata) strata.png of an
-    analysis, in `out` (metric_label: see `plot_topk`)."""
+    analysis, in `out` (metric_label: see `plot_topk`); sublayers.png when a model has
+    sublayer contributions (`analyze --sublayers`)."""
     made = [
         topk.plot_topk(result.models, out / topk.FILE_NAME, metric_label=metric_label),
         similarity.plot_similarity(
@@ -24,6 +25,8 @@ def analyze_figures(
         ),
         strata.plot_strata(result.models, out / strata.FILE_NAME),
     ]
+    if any(m.sublayers for m in result.models):
+        made.append(sublayers.plot_sublayers(result.models, out / sublayers.FILE_NAME))
     return [p for p in made if p is not None]
 
 

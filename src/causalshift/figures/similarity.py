@@ -12,8 +12,11 @@ from causalshift.figures.common import (
     finish,
     layer_line,
     layer_xs,
+    lens_style,
+    model_colors,
     model_labels,
     new_figure,
+    several_lenses,
 )
 from causalshift.results import ModelResult
 
@@ -36,11 +39,13 @@ def plot_similarity(
     normalize, xlabel = depth_axis(models)
     fig, (ax1, ax2) = new_figure(path, (11, 4), 1, 2)
     colors = colormap("tab10")
+    hues, several = model_colors(models), several_lenses(models)  # colour: model; line: lens
     for i, (m, name) in enumerate(zip(models, model_labels(models, labels), strict=True)):
-        xs, c = layer_xs(m, normalize), colors(i % 10)
+        xs, c = layer_xs(m, normalize), colors(hues[i] % 10)
         for key, style in (("cos_input", "--"), ("cos_output", "-o"), ("cos_random", ":")):
-            layer_line(ax1, xs, m, key, c, style, f"{name}: {metric_label(key)}")
-        layer_line(ax2, xs, m, "projection", c, "-o", name)
+            line = lens_style(style, m, several)
+            layer_line(ax1, xs, m, key, c, line, f"{name}: {metric_label(key)}")
+        layer_line(ax2, xs, m, "projection", c, lens_style("-o", m, several), name)
     ax1.set_title("cosine similarity of N(h) to token embeddings")
     ax1.set_ylabel("cosine")
     ax2.set_title("projection on the input->output axis")

@@ -12,8 +12,12 @@ from causalshift.figures.common import (
     finish,
     layer_line,
     layer_xs,
+    lens_style,
+    lens_title,
+    model_colors,
     model_labels,
     new_figure,
+    several_lenses,
 )
 from causalshift.results import ModelResult, common_topk_ks
 
@@ -35,16 +39,18 @@ def plot_topk(
         return None
     normalize, xlabel = depth_axis(models)
     names = model_labels(models, labels)
+    hues, several = model_colors(models), several_lenses(models)  # colour: model; line: lens
     fig, axes = new_figure(path, (5.5 * len(ks), 4), 1, len(ks), squeeze=False)
     colors = colormap("tab10")
     for ax, k in zip(axes[0], ks, strict=True):
         for i, (m, name) in enumerate(zip(models, names, strict=True)):
-            xs, c = layer_xs(m, normalize), colors(i % 10)
+            xs, c = layer_xs(m, normalize), colors(hues[i] % 10)
             # next2 (t_(i+2), `--targets ...,next2`) is drawn where the results have it
             for side, style in (("input", "--"), ("output", "-o"), ("next2", ":")):
                 key = f"top{k}_{side}"
-                layer_line(ax, xs, m, key, c, style, f"{name}: {metric_label(key)}")
-        ax.set_title(f"top-{k} match of the logit lens")
+                line = lens_style(style, m, several)
+                layer_line(ax, xs, m, key, c, line, f"{name}: {metric_label(key)}")
+        ax.set_title(f"top-{k} match of the {lens_title(models)}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"top-{k} match rate")
         ax.set_ylim(-0.02, 1.02)

@@ -72,11 +72,12 @@ class AnalyzeConfig:
     )
     dtype: str = option(
         "auto",
-        "Precision of the lens' screening matmul: auto (CPU: int8 where the CPU has int8 dot "
-        "products (VNNI/AMX), else bf16 where it has bf16 matmul, else float32; GPU: bf16), "
-        "float32, bfloat16, int8 (CPU). The ranks are the float32 ranks either way; only "
-        "speed differs (on CUDA bfloat16/auto also load the weights in bf16).",
-        choices=["auto", "float32", "bfloat16", "int8"],
+        "Precision of the lens' screening matmul: auto (CPU: the fastest screen here for the "
+        "run's size, measured by a short probe cached per machine; GPU: bf16), float32, "
+        "bfloat16, int8 (CPU: the int8 kernel the CPU has), or one int8 kernel: int8-intmm "
+        "(torch._int_mm), int8-onednn, int8-fbgemm. The ranks are the float32 ranks either "
+        "way; only speed differs (on CUDA bfloat16/auto also load the weights in bf16).",
+        choices=list(runtime.LENS_DTYPES),
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     device_map: str | None = option(
@@ -102,6 +103,19 @@ class AnalyzeConfig:
         "Write positions.parquet: one row per model x sequence x position x layer with exact "
         "ranks (slower: every rank is decoded uncapped; see docs/method.md).",
     )
+    sublayers: bool = option(
+        False,
+        "Also decode the stream after each block's attention, before its MLP (rows l.attn), "
+        "and split each block's change of the output target's log-probability, top-k match "
+        "and projection between attention and MLP (sublayers.png; see docs/method.md).",
+    )
+    lens: tuple[str, ...] = option(
+        ("logit",),
+        "Comma-separated lenses: logit (U . N(h)) and/or tuned:LENS_DIR (a tuned lens from "
+        "`causalshift fit-lens` or the tuned-lens package: U . N(h + A_l h + b_l)); each "
+        "(model, lens) is one result, drawn side by side (see docs/method.md).",
+        parse=str_list,
+    )
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -119,6 +133,10 @@ class AnalyzeConfig:
             object.__setattr__(self, "targets", check_targets(self.targets))
         except ValueError as e:
             raise UserError(f"--targets: {e}") from None
+        from causalshift.lens.tuned import check_lens_specs
+
+        lenses = check_lens_specs(self.lens, self.sublayers, self.save_positions)
+        object.__setattr__(self, "lens", lenses)
 
     def resolved(self) -> AnalyzeConfig:
         """Fill the hardware-dependent defaults (device, num_seqs, batch_size, vocab_chunk,
@@ -197,8 +215,13 @@ def measure(
     cfg.device, no process group); progress: show progress bars."""
     info = info or runtime.DistInfo(0, 0, 1, runtime.resolve_device(cfg.device))
     weight_dtype, lens_dtype = runtime.lens_dtypes(cfg.dtype, cfg.device)
-    results = [
-        measure_model(cfg, m, info, weight_dtype, lens_dtype, tokens_for, progress) for m in models
+    screens: dict[str, Any] = {}  # model -> how its lens screens were chosen
+    results = [  # one result per (model, lens)
+        r
+        for m in models
+        for r in measure_model(
+            cfg, m, info, weight_dtype, lens_dtype, tokens_for, progress, screens
+        )
     ]
     if not info.is_main:
         return None
@@ -207,11 +230,15 @@ def measure(
         models=results,
         config={
             **dataclasses.asdict(cfg),
-            "lens_dtype": str(lens_dtype).replace("torch.", ""),
+            "lens_dtype": lens_dtype or "auto",
             "world_size": info.world_size,
             "ci95_method": "normal approximation over per-sequence means",
         },
-        environment=environment(info.device),
+        environment={
+            **environment(info.device),
+            "cpu_capability": runtime.cpu_capability(),
+            "lens_screen": screens,
+        },
     )
 
 
@@ -230,12 +257,16 @@ def measure_model(
     model: str | LensModel,
     info: runtime.DistInfo,
     weight_dtype: torch.dtype,
-    lens_dtype: torch.dtype,
+    lens_dtype: str | None,
     tokens_for: Callable[[LensModel], torch.Tensor] | None = None,
     progress: bool = True,
-) -> ModelResult:
-    """Load one model SPEC (or take a loaded model) and run the lens on this rank's share of
-    the sequences; the result is summed over ranks (every rank returns the same)."""
+    screens: dict[str, Any] | None = None,
+) -> list[ModelResult]:
+    """Load one model SPEC (or take a loaded model) and run each lens of cfg.lens on this
+    rank's share of the sequences: one result per lens, summed over ranks (every rank
+    returns the same). lens_dtype:
+    the screen `--dtype` asks for (None: measured); `screens[name]` gets how it was chosen
+    (the probe's timings included)."""
     import torch
 
     from causalshift.corpus import token_sequences
@@ -255,26 +286,40 @@ def measure_model(
         raise UserError(
             f"--topk {max(cfg.topk)} is not below {lm.name}'s vocabulary of {vocab} tokens"
         )
+    if cfg.sublayers:  # refuse an unsupported family before reading any text
+        from causalshift.lens.sublayers import check_supported
+
+        check_supported(lm)
+    from causalshift.lens.tuned import lens_translator
+
+    translators = [lens_translator(spec, lm) for spec in cfg.lens]  # checked before any text
     if tokens_for is not None:
         tokens = tokens_for(lm)
     else:
         tokens = token_sequences(
             lm.tokenizer, cfg.data, cfg.num_seqs, cfg.seq_len, name=lm.name, progress=progress
         )
-    run = run_lens(
-        lm,
-        tokens,
-        topk=cfg.topk,
-        batch_size=cfg.batch_size,
-        compute_dtype=lens_dtype,
-        vocab_chunk=cfg.vocab_chunk,
-        seed=cfg.seed,
-        progress=progress and info.is_main,
-        seq_indices=torch.arange(info.rank, cfg.num_seqs, info.world_size),
-        targets=cfg.targets,
-        save_positions=cfg.save_positions,
-    )
-    return model_result(cfg, lm, tokens, run, *reduce_run(run))
+    results = []
+    for spec, translate in zip(cfg.lens, translators, strict=True):
+        run = run_lens(
+            lm,
+            tokens,
+            topk=cfg.topk,
+            batch_size=cfg.batch_size,
+            compute_dtype=lens_dtype,
+            vocab_chunk=cfg.vocab_chunk,
+            seed=cfg.seed,
+            progress=progress and info.is_main,
+            seq_indices=torch.arange(info.rank, cfg.num_seqs, info.world_size),
+            targets=cfg.targets,
+            save_positions=cfg.save_positions,
+            sublayers=cfg.sublayers,
+            translate=translate,
+        )
+        if screens is not None and run.screen_choice is not None:
+            screens[lm.name] = {**run.screen_choice.to_dict(), "compiled_kernels": run.compiled}
+        results.append(model_result(cfg, lm, tokens, run, *reduce_run(run), lens=spec))
+    return results
 
 
 def model_result(
@@ -285,20 +330,25 @@ def model_result(
     positions: int,
     excluded: int,
     seconds: float,
+    lens: str = "logit",
 ) -> ModelResult:
-    """One model's entry of results.json from its (rank-summed) lens run."""
+    """One model's entry of results.json from its (rank-summed) lens run through `lens`."""
     from causalshift.lens.metrics import shift_layers
     from causalshift.lens.positions import model_positions
     from causalshift.lens.strata import model_strata
+    from causalshift.lens.sublayers import contributions
 
-    layers = run.accumulator.layer_summary()
+    acc = run.accumulator
+    layers = acc.layer_summary()
     k = max(cfg.topk)
+    blocks = [r for r in layers if "label" not in r]  # shift layers: rows 0..L only
     shift = shift_layers(
-        [r[f"top{k}_input"] for r in layers], [r[f"top{k}_output"] for r in layers]
+        [r[f"top{k}_input"] for r in blocks], [r[f"top{k}_output"] for r in blocks]
     )
     bos = lm.bos_token_id
     return ModelResult(
         name=lm.name,
+        lens=lens,
         source=lm.source,
         architecture=lm.architecture,
         num_layers=lm.num_layers,
@@ -313,6 +363,7 @@ def model_result(
         seconds=seconds,
         tokens_per_second=cfg.num_seqs * cfg.seq_len / seconds if seconds > 0 else None,
         strata=model_strata(run.strata, k),
+        sublayers=contributions(acc.sums, acc.counts, acc.names, cfg.topk) if acc.sublayers else [],
         positions=model_positions(run.positions, run.first_position, lm, tokens),
     )
 

@@ -20,11 +20,26 @@ from tqdm.auto import tqdm
 
 from causalshift import runtime
 from causalshift.lens import metrics as M
-from causalshift.lens.kernels import band_entries, kernels_for
+from causalshift.lens.kernels import band_entries, compiled_already, kernels_for
 from causalshift.lens.models import LensModel
 from causalshift.lens.positions import PositionRecorder, PositionRecords
-from causalshift.lens.screen import Int8Screen, Screen, ScreenChunk, ScreenRows, make_screen
+from causalshift.lens.probe import ScreenChoice, choose, forced_screens
+from causalshift.lens.screen import (
+    INT8_KERNELS,
+    Int8Screen,
+    Screen,
+    ScreenChunk,
+    ScreenRows,
+    make_screen,
+)
 from causalshift.lens.strata import StrataAccumulator, stratify
+from causalshift.lens.sublayers import (
+    EXTRAS,
+    block_rows,
+    hook_input,
+    post_attention_modules,
+    row_specs,
+)
 
 # With the int8 screen, the first columns (the text's own tokens, where most rows are decided
 # and many targets sit near the threshold) go through the bf16 screen, whose band is several
@@ -36,32 +51,50 @@ INT8_AFTER = 16384
 # stay in cache, large enough to keep the matmuls efficient. GPUs use 16384.
 VOCAB_CHUNK = 4096
 
+# The counting kernels are compiled (torch.compile) only for runs of at least this many
+# rows x vocabulary columns (rows = positions x (layers + 1)): compiling costs seconds per
+# process (importing inductor, tracing), eager counting about 20x the compiled cost per
+# entry; about 6 sequences of 128 tokens of Gemma 3 270M (docs/benchmarks.md, "fixed cost").
+# Once compiled in a process (a notebook, the benchmarks), every later run uses them.
+COMPILE_AFTER = 4e9
+
 
 @dataclass
 class LensAccumulator:
-    """Per-sequence sums and counts: (S, L+1, M) sums, (S, M) position counts."""
+    """Per-sequence sums and counts: (S, R, M) sums, (S, M) position counts; R = L+1 rows,
+    or 2L+1 with sublayers (0, 1.attn, 1, ..., L: `sublayers.row_specs`)."""
 
     num_layers: int
     topk: tuple[int, ...]
     num_seqs: int
     targets: tuple[str, ...] = M.DEFAULT_TARGETS
+    sublayers: bool = False  # rows after each attention too, and the logprob_output column
     sums: Tensor = field(init=False)
     counts: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.names = M.metric_names(self.topk, self.targets)
-        shape = (self.num_seqs, self.num_layers + 1, len(self.names))
+        self.rows = row_specs(self.num_layers, self.sublayers)
+        self.extras = EXTRAS if self.sublayers else ()
+        self.names = M.metric_names(self.topk, self.targets, self.extras)
+        shape = (self.num_seqs, len(self.rows), len(self.names))
         self.sums = torch.zeros(shape, dtype=torch.float64)
         self.counts = torch.zeros(self.num_seqs, len(self.names), dtype=torch.float64)
 
+    def columns(self) -> list[M.Column]:
+        """The metric columns, in `names` order."""
+        return M.metric_table(self.topk, self.targets, self.extras)
+
     def layer_summary(self) -> list[dict]:
-        """One dict per layer: each metric's mean and its 95% interval."""
+        """One dict per row: each metric's mean and its 95% interval (an `l.attn` row also
+        its label and relative depth)."""
         rows = []
-        for layer in range(self.num_layers + 1):
-            row: dict = {"layer": layer}
+        for r, spec in enumerate(self.rows):
+            row: dict = {"layer": spec.layer}
+            if spec.attn:
+                row.update(label=spec.label, depth=spec.position() / self.num_layers)
             ci = {}
             for m, name in enumerate(self.names):
-                mean, lo, hi = M.mean_ci95(self.sums[:, layer, m], self.counts[:, m])
+                mean, lo, hi = M.mean_ci95(self.sums[:, r, m], self.counts[:, m])
                 row[name] = mean
                 ci[name] = [lo, hi]
             row["ci95"] = ci
@@ -74,14 +107,20 @@ class _StopForward(Exception):
 
 
 @contextmanager
-def capture_residual_stream(lm: LensModel) -> Iterator[list[Tensor]]:
-    """Hooks that collect [layer 0, ..., layer L] residual states (B, T, d) during a forward."""
+def capture_residual_stream(lm: LensModel, sublayers: bool = False) -> Iterator[list[Tensor]]:
+    """Hooks that collect [layer 0, ..., layer L] residual states (B, T, d) during a forward;
+    with sublayers [0, 1.attn, 1, ..., L.attn, L]: a pre-hook on each block's pre-MLP norm
+    (`sublayers.POST_ATTENTION_INPUT`) reads the stream after its attention, and the hooks
+    fire in stream order."""
     states: list[Tensor] = []
     last = len(lm.blocks) - 1
 
     def before_first(_module, args, kwargs):
         h = args[0] if args else kwargs["hidden_states"]
         states.append(h.detach())
+
+    def after_attention(_module, args, kwargs):
+        states.append(hook_input(args, kwargs).detach())
 
     def after(index: int):
         def hook(_module, _args, output):
@@ -93,6 +132,11 @@ def capture_residual_stream(lm: LensModel) -> Iterator[list[Tensor]]:
         return hook
 
     handles = [lm.blocks[0].register_forward_pre_hook(before_first, with_kwargs=True)]
+    if sublayers:
+        handles += [
+            m.register_forward_pre_hook(after_attention, with_kwargs=True)
+            for m in post_attention_modules(lm)
+        ]
     handles += [b.register_forward_hook(after(i)) for i, b in enumerate(lm.blocks)]
     try:
         yield states
@@ -102,15 +146,17 @@ def capture_residual_stream(lm: LensModel) -> Iterator[list[Tensor]]:
 
 
 @torch.inference_mode()
-def residual_stream(lm: LensModel, input_ids: Tensor) -> list[Tensor]:
-    """The L+1 residual states of a batch (B, T) -> list of (B, T, d)."""
-    with capture_residual_stream(lm) as states:
+def residual_stream(lm: LensModel, input_ids: Tensor, sublayers: bool = False) -> list[Tensor]:
+    """The L+1 residual states of a batch (B, T) -> list of (B, T, d); with sublayers the
+    2L+1 states 0, 1.attn, 1, ..., L.attn, L."""
+    with capture_residual_stream(lm, sublayers) as states:
         try:
             lm.forward(input_ids)
         except _StopForward:
             pass
-    if len(states) != lm.num_layers + 1:
-        raise RuntimeError(f"captured {len(states)} residual states, expected {lm.num_layers + 1}")
+    expected = len(row_specs(lm.num_layers, sublayers))
+    if len(states) != expected:
+        raise RuntimeError(f"captured {len(states)} residual states, expected {expected}")
     return states
 
 
@@ -136,12 +182,13 @@ class LensWeights:
     bias_from: Tensor | None  # (V+1,) float32: max bias over sorted columns c..
     embed_f32: Tensor  # (V, d) float32 W_E for input-side cosines (token order)
     unembed_f32: Tensor  # (V, d) float32 U for target logits and output cosines (token order)
+    compiled: bool = False  # compiled counting kernels (see COMPILE_AFTER)
 
     @classmethod
     def prepare(
         cls,
         lm: LensModel,
-        compute_dtype: torch.dtype,
+        compute_dtype: torch.dtype | str | tuple[str, ...],
         vocab_chunk: int = VOCAB_CHUNK,
         first: Tensor | None = None,
         int8_after: int | None = None,
@@ -153,6 +200,8 @@ class LensWeights:
         have high logits, so rows whose target is not in the top-k meet max_rank entries
         above it sooner. Any order gives the same ranks. With an int8 screen, chunks before
         column int8_after (default INT8_AFTER) use the bf16 (or float32) screen.
+        compute_dtype: a torch.dtype, a screen name or `--dtype` value, or the screens of a
+        `probe.ScreenChoice` (see `_screens`).
         """
         screens = _screens(lm, compute_dtype)
         int8_after = INT8_AFTER if int8_after is None else int8_after
@@ -170,15 +219,18 @@ class LensWeights:
             bias_sorted = bias[order]
             rev_max = torch.cummax(bias_sorted.flip(0), dim=0).values.flip(0)
             bias_from = torch.cat([rev_max, rev_max.new_full((1,), -torch.inf)])
-        u, chunks, chunk_screen, rows = lm.unembed.detach(), [], [], None
+        u, chunks, chunk_screen, buf = lm.unembed.detach(), [], [], None
         for c0, c1 in chunk_bounds(len(order), vocab_chunk):
+            k = 1 if len(screens) > 1 and c0 >= int8_after else 0
             # Gathered and rounded a chunk at a time (no second full-size copy); index_select
             # into a reused buffer copies whole rows, without advanced indexing's allocation.
-            if rows is not None and rows.shape[0] != c1 - c0:
-                rows = None
-            rows = torch.index_select(u, 0, order[c0:c1], out=rows)
-            k = 1 if len(screens) > 1 and c0 >= int8_after else 0
-            chunks.append(screens[k].prepare_chunk(rows, norms[order[c0:c1]], c0, c1))
+            # A screen in U's own dtype keeps the gathered rows (one copy, not two).
+            own = isinstance(screens[k], Screen) and screens[k].dtype == u.dtype
+            if buf is not None and buf.shape[0] != c1 - c0:
+                buf = None
+            rows = torch.index_select(u, 0, order[c0:c1], out=None if own else buf)
+            buf = buf if own else rows
+            chunks.append(screens[k].prepare_chunk(rows, norms[order[c0:c1]], c0, c1, own))
             chunk_screen.append(k)
         return cls(
             screens,
@@ -199,16 +251,18 @@ class LensWeights:
         return len(self.order)
 
 
-def _screens(lm: LensModel, compute_dtype: torch.dtype) -> list[Screen | Int8Screen]:
-    """The screen for compute_dtype; for int8, the CPU's float screen first (the first
-    columns, see INT8_AFTER), and no int8 screen at all for a biased unembedding."""
+def _screens(
+    lm: LensModel, compute_dtype: torch.dtype | str | tuple[str, ...]
+) -> list[Screen | Int8Screen]:
+    """The screens of compute_dtype: the names given (a probe's choice: a float screen, then
+    an int8 one), or what a `--dtype` value or torch.dtype forces (`probe.forced_screens`:
+    for int8, the CPU's float screen first, for the first columns, see INT8_AFTER); no int8
+    screen at all for a biased unembedding."""
     device, hidden = lm.unembed.device, lm.unembed.shape[1]
-    if compute_dtype != torch.int8:
-        return [make_screen(compute_dtype, device, hidden)]
-    screens = [make_screen(runtime.cpu_float_screen(), device, hidden)]
-    if lm.unembed_bias is None:  # the int8 screen has no bias
-        screens.append(make_screen(torch.int8, device, hidden))
-    return screens
+    names = compute_dtype if isinstance(compute_dtype, tuple) else forced_screens(compute_dtype)
+    if lm.unembed_bias is not None and len(names) > 1:  # the int8 screen has no bias
+        names = tuple(n for n in names if n not in INT8_KERNELS)
+    return [make_screen(name, device, hidden) for name in names]
 
 
 def _vocabulary_order(norms: Tensor, first: Tensor | None) -> Tensor:
@@ -277,7 +331,10 @@ def decode_ranks(
     own = weights.position[t]  # (N, J) target columns in sorted order
     h_norm = h32.norm(dim=1) * RETIRE_MARGIN  # (N,)
     rows = [screen.rows(h32) for screen in weights.screens]
-    kernels = {s.output_dtype: kernels_for(h32.device, s.output_dtype) for s in weights.screens}
+    kernels = {
+        s.output_dtype: kernels_for(h32.device, s.output_dtype, weights.compiled)
+        for s in weights.screens
+    }
     ranks = torch.zeros_like(t)
     active = torch.arange(n_rows, device=h32.device)
     for chunk, k in zip(weights.chunks, weights.chunk_screen, strict=True):
@@ -447,6 +504,9 @@ def lens_inputs(
     max_rank: int,
     cache: TokenRankCache | None = None,
     next2: Tensor | None = None,
+    *,
+    logprob: bool = False,
+    softcap: float | None = None,
 ) -> M.LensInputs:
     """The ranks (capped at max_rank) and vectors the metrics read, for hn (Lp, N, d).
 
@@ -454,6 +514,8 @@ def lens_inputs(
     With `cache`, a layer-0 row whose input rank is known (or decoded on another row of the
     batch) asks for its output token twice instead, which costs nothing extra. With next2
     (N,), a third target; rows without one (-1) decode t_{i+1} again, masked later.
+    logprob: also the output target's lens log-probability (a full-vocabulary pass per row,
+    `metrics.target_logprob`; softcap: the model's final logit soft-capping).
     """
     n_layers, n, d = hn.shape
     plan = None if cache is None else cache.plan(hn[0], inputs)
@@ -466,6 +528,11 @@ def lens_inputs(
     if plan is not None:
         assert cache is not None
         rank_in[0] = cache.resolve(plan, rank_in[0])
+    logp = None
+    if logprob:
+        flat = hn.reshape(n_layers * n, d)
+        u, bias = weights.unembed_f32, weights.bias
+        logp = M.target_logprob(flat, u, outputs.repeat(n_layers), bias, softcap)
     return M.LensInputs(
         states=hn.float(),
         input_rank=rank_in,
@@ -474,6 +541,7 @@ def lens_inputs(
         output_unembed=weights.unembed_f32[outputs],
         random_embed=weights.embed_f32[randoms],
         next2_rank=rank_next2[0] if rank_next2 else None,
+        output_logprob=None if logp is None else logp.reshape(n_layers, n),
     )
 
 
@@ -506,7 +574,9 @@ class LensRun:
     seconds: float
     tokens: int
     reused_layer0_ranks: int = 0  # positions whose layer-0 input rank came from the cache
-    screens: tuple[str, ...] = ()  # the screens' dtypes, in vocabulary order
+    screens: tuple[str, ...] = ()  # the screens' names, in vocabulary order
+    screen_choice: ScreenChoice | None = None  # how they were chosen (lens/probe.py)
+    compiled: bool = False  # whether the counting kernels were compiled (COMPILE_AFTER)
     strata: StrataAccumulator | None = None  # per-stratum sums (lens/strata.py)
     positions: PositionRecords | None = None  # per-position records (save_positions)
     first_position: int = 0  # s: positions are s..T-2
@@ -519,7 +589,7 @@ def run_lens(
     *,
     topk: tuple[int, ...] = (1, 5),
     batch_size: int = 8,
-    compute_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | str | None = None,
     vocab_chunk: int = VOCAB_CHUNK,
     seed: int = 0,
     progress: bool = True,
@@ -528,10 +598,13 @@ def run_lens(
     targets: tuple[str, ...] = M.DEFAULT_TARGETS,
     save_positions: bool = False,
     strata: bool = True,
+    sublayers: bool = False,
+    translate: Callable[[int, Tensor], Tensor] | None = None,
 ) -> LensRun:
     """Accumulate every metric at every layer over `tokens` (S, T).
 
-    compute_dtype: the screen's dtype (None: what `--dtype auto` picks for lm's device).
+    compute_dtype: the screen: a torch.dtype, a `--dtype` value or screen name, or None /
+    "auto" (CPU: the fastest here for this run's size, measured by `probe.choose`; GPU: bf16).
     seq_indices selects the sequences this process handles (torchrun ranks split them);
     rows of the accumulator for other sequences stay zero, so ranks' accumulators add up.
     reuse_layer0: reuse layer-0 input ranks across repeated tokens (`TokenRankCache`).
@@ -539,26 +612,63 @@ def run_lens(
     save_positions: keep every position's exact ranks (all three targets), cosines and
     projection (`LensRun.positions`); ranks are then decoded uncapped (slower).
     strata: per-stratum sums (`LensRun.strata`, lens/strata.py).
+    sublayers: rows after each attention too, and logprob_output (lens/sublayers.py).
+    translate: the tuned lens (`lens.tuned.TunedLens.frozen()`): translate(r, h) replaces
+    row r's states before the final norm (None: the logit lens).
     """
     targets = M.check_targets(targets)
     num_seqs, seq_len = tokens.shape
     s = M.first_position(tokens, lm.bos_token_id)
     if seq_len - 1 - s < 1:
         raise ValueError("sequences too short for the lens: need at least two positions")
-    if compute_dtype is None:
-        compute_dtype = runtime.lens_dtypes("auto", str(lm.device))[1]
     indices = torch.arange(num_seqs) if seq_indices is None else seq_indices
+    vocab, hidden = lm.unembed.shape
+    work = len(indices) * (seq_len - 1 - s) * len(row_specs(lm.num_layers, sublayers))  # rows
+    choice = choose(
+        compute_dtype, lm.unembed.device, hidden, rows=work, vocab=vocab, vocab_chunk=vocab_chunk
+    )
     first = by_frequency(tokens[indices])
-    weights = LensWeights.prepare(lm, compute_dtype, vocab_chunk, first=first)
-    acc = LensAccumulator(lm.num_layers, topk, num_seqs, targets)
+    weights = LensWeights.prepare(lm, choice.screens, vocab_chunk, first=first)
+    weights.compiled = work * vocab >= COMPILE_AFTER or compiled_already()
+    acc = LensAccumulator(lm.num_layers, topk, num_seqs, targets, sublayers)
     sink = _BatchSink.create(lm, weights, tokens, s, acc, reuse_layer0, strata, save_positions)
+    sink.translate = translate
     gen = torch.Generator().manual_seed(seed)
     randoms = torch.randint(0, weights.vocab_size, (num_seqs, seq_len - 1 - s), generator=gen)
-    excluded = 0
     t0 = time.perf_counter()
+    excluded = _feed(sink, tokens, randoms, indices, batch_size, progress)
+    seconds = time.perf_counter() - t0
+    return LensRun(
+        accumulator=acc,
+        num_positions=len(indices) * (seq_len - 1 - s),
+        excluded_projection_positions=excluded,
+        seconds=seconds,
+        tokens=len(indices) * seq_len,
+        reused_layer0_ranks=0 if sink.cache is None else sink.cache.hits,
+        screens=tuple(sc.name for sc in weights.screens),
+        screen_choice=choice,
+        compiled=weights.compiled,
+        strata=sink.strata,
+        positions=None if sink.recorder is None else sink.recorder.records(),
+        first_position=s,
+        save_positions=save_positions,
+    )
+
+
+def _feed(
+    sink: _BatchSink,
+    tokens: Tensor,
+    randoms: Tensor,
+    indices: Tensor,
+    batch_size: int,
+    progress: bool,
+) -> int:
+    """Add the sequences `indices` of tokens (S, T) to the sink, batch_size at a time, under
+    a progress bar; returns the positions with t_i == t_{i+1}."""
+    seq_len, excluded = tokens.shape[1], 0
     bar = tqdm(
         total=len(indices) * seq_len,
-        desc=f"lens {lm.name}",
+        desc=f"lens {sink.lm.name}",
         unit="tok",
         disable=not progress,
         dynamic_ncols=True,
@@ -569,20 +679,7 @@ def run_lens(
             excluded += sink.add(tokens[idx], randoms[idx], idx)
             bar.update(len(idx) * seq_len)
     bar.close()
-    seconds = time.perf_counter() - t0
-    return LensRun(
-        accumulator=acc,
-        num_positions=len(indices) * (seq_len - 1 - s),
-        excluded_projection_positions=excluded,
-        seconds=seconds,
-        tokens=len(indices) * seq_len,
-        reused_layer0_ranks=0 if sink.cache is None else sink.cache.hits,
-        screens=tuple(str(sc.dtype).replace("torch.", "") for sc in weights.screens),
-        strata=sink.strata,
-        positions=None if sink.recorder is None else sink.recorder.records(),
-        first_position=s,
-        save_positions=save_positions,
-    )
+    return excluded
 
 
 @dataclass
@@ -598,6 +695,7 @@ class _BatchSink:
     recorder: PositionRecorder | None
     next2: bool  # decode t_{i+2} too
     max_rank: int
+    translate: Callable[[int, Tensor], Tensor] | None = None  # tuned lens, before the norm
 
     @classmethod
     def create(
@@ -635,7 +733,7 @@ class _BatchSink:
         seq_len = batch.shape[1]
         device = weights.unembed_f32.device
         norm_device = next(lm.norm.parameters(), weights.unembed_f32).device
-        states = residual_stream(lm, batch)
+        states = residual_stream(lm, batch, self.acc.sublayers)
         inputs = batch[:, s : seq_len - 1].to(device)  # (B, P): t_i
         outputs = batch[:, s + 1 :].to(device)  # (B, P): t_{i+1}
         n_b, n_p = inputs.shape
@@ -644,19 +742,24 @@ class _BatchSink:
         if self.next2:  # (B, P): t_{i+2}, -1 at the last position
             next2 = torch.cat([batch[:, s + 2 :].to(device), inputs.new_full((n_b, 1), -1)], 1)
             next2 = next2.reshape(-1)
+        tr = self.translate or (lambda _r, h: h)  # row r's tuned-lens translator, if any
         hn = torch.stack(
-            [lm.norm(h[:, s : seq_len - 1].to(norm_device)).to(device) for h in states]
+            [
+                lm.norm(tr(r, h[:, s : seq_len - 1]).to(norm_device)).to(device)
+                for r, h in enumerate(states)
+            ]
         )  # (L+1, B, P, d)
         hn = hn.reshape(len(states), n_b * n_p, -1)
-        seen = lens_inputs(hn, *flat, weights, self.max_rank, self.cache, next2)
-        columns = M.metric_table(self.acc.topk, self.acc.targets)
+        logprob = {"logprob": self.acc.sublayers, "softcap": lm.softcap}  # sublayers only
+        seen = lens_inputs(hn, *flat, weights, self.max_rank, self.cache, next2, **logprob)
+        columns = self.acc.columns()
         values, valid = metric_values(seen, flat[0], flat[1], next2, columns)
         values = torch.where(valid, values, 0).reshape(len(states), n_b, n_p, -1)
         valid = valid.reshape(n_b, n_p, -1)
         self.acc.sums[idx] += values.sum(2).transpose(0, 1).double().cpu()  # (B, L+1, M)
         self.acc.counts[idx] += valid.sum(1).double().cpu()
-        if self.strata is not None:
-            self.strata.add(idx, values, valid)
+        if self.strata is not None:  # the block rows only (with sublayers, every other row)
+            self.strata.add(idx, values[block_rows(self.acc.sublayers)], valid)
         if self.recorder is not None:
             self._record(idx, seen, values, valid, next2)
         return int((flat[0] == flat[1]).sum())
@@ -673,8 +776,9 @@ class _BatchSink:
             "rank_output": seen.output_rank,
             "rank_next2": rank_next2,
         }
-        ranks = {k: v.reshape(n_layers, n_b, n_p) for k, v in ranks.items()}
-        self.recorder.add(idx, ranks, values, valid, self.acc.names)
+        rows = block_rows(self.acc.sublayers)  # positions.parquet: layers 0..L only
+        ranks = {k: v.reshape(n_layers, n_b, n_p)[rows] for k, v in ranks.items()}
+        self.recorder.add(idx, ranks, values[rows], valid, self.acc.names)
 
 
 def reduce_run(run: LensRun) -> tuple[int, int, float]:

@@ -1,8 +1,10 @@
 """Elementwise passes of the lens over a chunk's screen logits, fused by torch.compile on CPU.
 
 Eager PyTorch materializes every float copy and boolean mask of these, a pass over memory
-each; compiled, each is one pass over z. They run eagerly on GPUs, or when compilation is
-unavailable (no C++ compiler).
+each; compiled, each is one pass over z (about 20x faster on CPU). Compiling costs seconds
+in every process, though (importing inductor alone takes 1-3 s), so the engine compiles
+only for runs large enough to win it back (`engine.COMPILE_AFTER`); small runs, GPUs, and
+machines where compilation is unavailable (no C++ compiler) run them eagerly.
 """
 
 from __future__ import annotations
@@ -91,14 +93,22 @@ def compiled_cpu(fn: Callable[..., Tensor], *example: Tensor) -> Callable[..., T
                 return fn(*args)
             return compiled(*args)
 
+        run.compiled = compiled  # type: ignore[attr-defined]
         _compiled[fn.__name__] = run
     return _compiled[fn.__name__]
 
 
-def kernels_for(device: torch.device, dtype: torch.dtype) -> tuple[Callable[..., Tensor], ...]:
-    """(count_above, band_blocks): compiled on CPU, where eager PyTorch materializes every
-    float copy and boolean mask; eager elsewhere."""
-    if device.type != "cpu":
+def compiled_already() -> bool:
+    """True once this process has compiled the kernels (later runs get them for free)."""
+    return any(fn.compiled is not None for fn in _compiled.values())
+
+
+def kernels_for(
+    device: torch.device, dtype: torch.dtype, compiled: bool = True
+) -> tuple[Callable[..., Tensor], ...]:
+    """(count_above, band_blocks): compiled on CPU when `compiled` (eager PyTorch
+    materializes every float copy and boolean mask); eager elsewhere."""
+    if device.type != "cpu" or not compiled:
         return count_above, band_blocks
     z = torch.zeros(3, 2 * BAND_BLOCK, dtype=dtype)
     idx, lo, hi = torch.tensor([0, 2]), torch.zeros(2), torch.ones(2)
@@ -108,14 +118,14 @@ def kernels_for(device: torch.device, dtype: torch.dtype) -> tuple[Callable[...,
     )
 
 
-def quantize(x: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
-    """int8 q = round(x / step) clamped to +-127, and the float32 error norm |x - step q|
-    of each row; x (n, d) float32, step (n,) (one per row) or 0-d (one for all)."""
+def quantize(x: Tensor, step: Tensor, levels: int = 127) -> tuple[Tensor, Tensor]:
+    """int8 q = round(x / step) clamped to +-levels, and the float32 error norm |x - step q|
+    of each row; x (n, d) float32, step (n,) (one per row) or 0-d (one for all).
+
+    Eager, in place on one temporary: a chunk of U is quantized once per run, rows once per
+    batch, both cheap next to the matmuls, and compiling it would cost more than it saves
+    in every run (docs/benchmarks.md, "fixed cost")."""
     s = step[:, None] if step.dim() == 1 else step
-    q = torch.round(x / s).clamp(-127, 127)
-    return q.to(torch.int8), (x - q * s).norm(dim=1)
-
-
-def quantize_fn() -> Callable[..., tuple[Tensor, Tensor]]:
-    """`quantize`, compiled (CPU only: the int8 screen is a CPU screen)."""
-    return compiled_cpu(quantize, torch.zeros(3, 8), torch.ones(3))  # type: ignore[return-value]
+    t = torch.div(x, s).round_().clamp_(-levels, levels)
+    q = t.to(torch.int8)
+    return q, t.mul_(s).sub_(x).norm(dim=1)

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 TARGETS = ("input", "output", "next2")
 DEFAULT_TARGETS = ("input", "output")
 OPTIONAL_TARGETS = ("next2",)
+# Optional quantities that are not targets: "logprob" (the output target's lens
+# log-probability) needs a full-vocabulary pass per row, so it is only computed on request
+# (`analyze --sublayers` asks for it; `metric_table(..., extras=("logprob",))`).
+OPTIONAL_VALUES = ("logprob",)
 # Which positions a metric averages over (see `Metric.positions`).
 POSITION_SETS = ("all", "shift", "next2")
 
@@ -44,6 +48,7 @@ class LensInputs:
     output_unembed: Tensor  # (N, d) float32 U[t_{i+1}]
     random_embed: Tensor  # (N, d) float32 W_E[r], r a uniformly random token (chance level)
     next2_rank: Tensor | None = None  # (Lp, N) rank of t_{i+2} (only with the next2 target)
+    output_logprob: Tensor | None = None  # (Lp, N) log p_lens(t_{i+1}) (only with "logprob")
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,9 @@ class Metric:
     value: (inputs, k) -> (Lp, N) values (k is None for metrics without "{k}").
     positions: "all", "shift" for positions with t_i != t_{i+1} only, or "next2" for
         positions that have a t_{i+2} (all but the last).
-    needs: the optional targets (`OPTIONAL_TARGETS`) the metric reads: it is a column only
-        when every one of them is asked for (`--targets`).
+    needs: the optional targets (`OPTIONAL_TARGETS`) or values (`OPTIONAL_VALUES`) the
+        metric reads: it is a column only when every one of them is asked for (`--targets`,
+        or the extras of `metric_table`).
     """
 
     name: str
@@ -68,8 +74,10 @@ class Metric:
     def __post_init__(self) -> None:
         if self.positions not in POSITION_SETS:
             raise ValueError(f"metric {self.name}: positions must be one of {POSITION_SETS}")
-        if not set(self.needs) <= set(OPTIONAL_TARGETS):
-            raise ValueError(f"metric {self.name}: needs must be among {OPTIONAL_TARGETS}")
+        if not set(self.needs) <= set(OPTIONAL_TARGETS + OPTIONAL_VALUES):
+            raise ValueError(
+                f"metric {self.name}: needs must be among {OPTIONAL_TARGETS + OPTIONAL_VALUES}"
+            )
 
     @property
     def per_k(self) -> bool:
@@ -115,20 +123,31 @@ METRICS: tuple[Metric, ...] = (
         lambda x, k: projection(x.states, x.input_embed, x.output_unembed),
         positions="shift",  # meaningless where t_i == t_{i+1} (see `projection`)
     ),
+    Metric(
+        "logprob_output",
+        "output t_(i+1) log-prob",
+        lambda x, k: x.output_logprob,
+        needs=("logprob",),  # a full-vocabulary pass per row (`target_logprob`)
+    ),
 )
 
 
-def metric_table(topk: Sequence[int], targets: Sequence[str] = DEFAULT_TARGETS) -> list[Column]:
+def metric_table(
+    topk: Sequence[int], targets: Sequence[str] = DEFAULT_TARGETS, extras: Sequence[str] = ()
+) -> list[Column]:
     """The columns in result order: the "{k}" metrics for each k in turn, then the others,
-    each group in table order; metrics that need a target not in `targets` are left out."""
-    table = [m for m in METRICS if set(m.needs) <= set(targets)]
+    each group in table order; metrics that need a target not in `targets` (or an optional
+    value not in `extras`) are left out."""
+    table = [m for m in METRICS if set(m.needs) <= set(targets) | set(extras)]
     cols = [Column(m.name.format(k=k), m, k) for k in topk for m in table if m.per_k]
     return cols + [Column(m.name, m, None) for m in table if not m.per_k]
 
 
-def metric_names(topk: Sequence[int], targets: Sequence[str] = DEFAULT_TARGETS) -> list[str]:
+def metric_names(
+    topk: Sequence[int], targets: Sequence[str] = DEFAULT_TARGETS, extras: Sequence[str] = ()
+) -> list[str]:
     """The result keys in column order (e.g. top1_input, top1_output, ..., projection)."""
-    return [c.name for c in metric_table(topk, targets)]
+    return [c.name for c in metric_table(topk, targets, extras)]
 
 
 def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
@@ -184,6 +203,42 @@ def projection(h: Tensor, a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     h, a, b = (torch.nn.functional.normalize(v.float(), dim=-1, eps=eps) for v in (h, a, b))
     axis = b - a  # (N, d)
     return ((h - a) * axis).sum(-1) / (axis * axis).sum(-1).clamp_min(eps)
+
+
+def target_logprob(
+    h: Tensor,
+    unembed: Tensor,
+    targets: Tensor,
+    bias: Tensor | None = None,
+    softcap: float | None = None,
+    vocab_chunk: int = 4096,
+    row_block: int = 4096,
+) -> Tensor:
+    """log softmax of the lens logits at each row's target: z_t - logsumexp_v z_v, float32.
+
+    h (N, d) normed states, unembed (V, d), targets (N,), bias (V,) or None; z = softcap *
+    tanh(z / softcap) when the model soft-caps its logits (Gemma 2), as its probabilities do.
+    The logsumexp runs over the vocabulary in chunks of vocab_chunk columns, row_block rows
+    at a time, so no (N, V) tensor is built: at most row_block x vocab_chunk logits exist."""
+    import torch
+
+    def cap(z: Tensor) -> Tensor:
+        return torch.tanh(z / softcap) * softcap if softcap else z
+
+    u = unembed.float()
+    out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+    for r0 in range(0, h.shape[0], row_block):
+        x = h[r0 : r0 + row_block].float()
+        t = targets[r0 : r0 + row_block]
+        z_t = (x * u[t]).sum(-1) + (bias[t].float() if bias is not None else 0.0)
+        lse = torch.full_like(z_t, -torch.inf)
+        for c0 in range(0, u.shape[0], vocab_chunk):
+            z = x @ u[c0 : c0 + vocab_chunk].T
+            if bias is not None:
+                z = z + bias[c0 : c0 + vocab_chunk].float()
+            lse = torch.logaddexp(lse, torch.logsumexp(cap(z), dim=1))
+        out[r0 : r0 + row_block] = cap(z_t) - lse
+    return out
 
 
 def first_position(tokens: Tensor, bos_token_id: int | None) -> int:

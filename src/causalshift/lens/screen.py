@@ -3,7 +3,7 @@
 The lens only needs, for each row h and target t, how many vocabulary entries v have a logit
 h . U_v strictly above the target's float32 logit tau. A screen computes the logits of a
 chunk of the vocabulary in a cheaper dtype (bf16 on CPUs with native bf16 and on GPUs; int8,
-`Int8Screen` below, on CPUs with int8 dot products) together with a bound on their error:
+`Int8Screen` below, through one of three integer kernels) together with a bound on their error:
 entries above tau + B_v are certainly above, entries at or below tau - B_v certainly not,
 and only the few in between are computed again exactly in float32 (see
 `engine.decode_ranks`). The ranks are therefore the float32 ranks.
@@ -20,18 +20,47 @@ reductions (bf16, 2^-8). The output itself is rounded to the screen dtype (relat
 r = 2^-8 for bf16): near the band |z| <= |tau| + a |U_v| + b e_v, so the band is widened by
 r (1 + 2^-7) times that (the derivation for either sign of z is in docs/method.md).
 Every bound is multiplied by SAFETY against the float32 rounding of the bound itself.
+
+Screens have names (`SCREEN_NAMES`: what `--dtype` forces and results.json's `lens_screens`
+records); which one runs by default is measured on the machine (`lens/probe.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from causalshift.lens.kernels import quantize_fn
+from causalshift.lens.kernels import quantize
 
 SAFETY = 1.01
+
+# The integer kernels of the int8 screen (screen name -> what runs the chunk matmul).
+INT8_KERNELS = {
+    "int8-intmm": "torch._int_mm (fast with AVX-512 VNNI / AMX; a reference loop elsewhere)",
+    "int8-onednn": "oneDNN's quantized linear (torch.ops.onednn.qlinear_pointwise)",
+    "int8-fbgemm": "FBGEMM's quantized linear (torch.ops.quantized, fbgemm engine)",
+}
+FLOAT_SCREENS = ("float32", "bfloat16")
+SCREEN_NAMES = FLOAT_SCREENS + tuple(INT8_KERNELS)
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.int8: "int8-intmm"}
+
+
+def screen_name(screen: str | torch.dtype) -> str:
+    """A screen's name from its name or dtype (torch.int8: the `torch._int_mm` screen)."""
+    if isinstance(screen, torch.dtype):
+        if screen not in _DTYPE_NAMES:
+            raise ValueError(f"no lens screen for {screen} (float32, bfloat16, int8)")
+        return _DTYPE_NAMES[screen]
+    if screen not in SCREEN_NAMES:
+        raise ValueError(f"unknown lens screen {screen!r} ({', '.join(SCREEN_NAMES)})")
+    return screen
 
 
 @dataclass
@@ -40,7 +69,7 @@ class ScreenChunk:
 
     start: int
     stop: int
-    weight: Tensor  # (Vc, d) U^ in the screen dtype, contiguous
+    weight: Any  # (Vc, d) U^ in the screen dtype, contiguous; int8 kernels: their packing
     norm_max: float  # N = max |U_v| over the chunk
     err_max: float  # E = max e_v >= |U_v - U^_v| + rho |U^_v| over the chunk
     hat_max: float  # max |U^_v| over the chunk
@@ -80,11 +109,14 @@ class _Scratch:
         return self.buf[: n * m].view(n, m)
 
 
-def make_screen(dtype: torch.dtype, device: torch.device | str, hidden: int) -> Screen | Int8Screen:
-    """The screen for a dtype: Int8Screen for torch.int8, else Screen."""
-    if dtype == torch.int8:
-        return Int8Screen(hidden, device)
-    return Screen(dtype, device)
+def make_screen(
+    screen: str | torch.dtype, device: torch.device | str, hidden: int
+) -> Screen | Int8Screen:
+    """The screen of a name (`SCREEN_NAMES`) or dtype: Int8Screen for the int8 kernels."""
+    name = screen_name(screen)
+    if name in INT8_KERNELS:
+        return Int8Screen(hidden, device, kernel=name)
+    return Screen(getattr(torch, name), device)
 
 
 class Screen:
@@ -103,6 +135,11 @@ class Screen:
         self.scratch = _Scratch()
 
     @property
+    def name(self) -> str:
+        """The screen's name (`SCREEN_NAMES`)."""
+        return screen_name(self.dtype)
+
+    @property
     def output_dtype(self) -> torch.dtype:
         """dtype of `matmul`'s output."""
         return self.dtype
@@ -112,9 +149,12 @@ class Screen:
         """Largest relative error of rounding a float32 to the screen dtype."""
         return 2.0**-8 if self.dtype == torch.bfloat16 else 0.0
 
-    def prepare_chunk(self, rows: Tensor, norm: Tensor, start: int, stop: int) -> ScreenChunk:
+    def prepare_chunk(
+        self, rows: Tensor, norm: Tensor, start: int, stop: int, own: bool = False
+    ) -> ScreenChunk:
         """Chunk of ordered rows of U (Vc, d) (float32, or the weights' dtype; may be a
-        reused buffer) and their float32 norms |U_v| (Vc,) -> ScreenChunk.
+        reused buffer, unless `own`: then they are kept when already in the screen's dtype)
+        and their float32 norms |U_v| (Vc,) -> ScreenChunk.
 
         |U_v - U^_v| <= u |U_v| (u the unit roundoff: every element is rounded to nearest;
         bf16 keeps float32's exponent range, so only float32 subnormals, below 2^-126, can
@@ -122,7 +162,7 @@ class Screen:
         over the rows. One bound per chunk (its largest |U_v|) keeps the count kernel a
         plain comparison; the vocabulary is mostly ordered by |U_v|, so it is tight.
         """
-        w = rows.to(self.dtype, copy=True)
+        w = rows if own and rows.dtype == self.dtype else rows.to(self.dtype, copy=True)
         u = self.unit_roundoff
         d = w.shape[1]
         rho = self.arithmetic + d * 2.0**-23
@@ -175,15 +215,16 @@ def hadamard(block: int) -> Tensor:
 
 
 class Int8Screen:
-    """An int8 screen (CPU): integer dot products, faster than the bf16 matmul with VNNI.
+    """An int8 screen (CPU): integer dot products, through one of `INT8_KERNELS`.
 
     Residual streams have outlier channels (max |h_j| ~ 10x the RMS), which would make
     int8 steps coarse; both h and U are first rotated by a block Hadamard transform H (blocks
     of B = ROTATION_BLOCK dims, or the largest power of two dividing d): x = H h, y_v = H U_v,
     and x . y_v = B (h . U_v) exactly, while the outliers are spread over their block. Each
-    row x is quantized with its own step s_h (max |x_j| = 127 s_h), each chunk of y with one
-    step s_C, and the screen computes the integer z = q_h . q_v exactly (int32). With
-    x~ and y~ the float32 rotations (error at most kappa |x|, kappa |y_v|: B-term sums),
+    row x is quantized with its own step s_h (max |x_j| = levels s_h), each chunk of y with
+    one step s_C (max |y| = 127 s_C), and the screen computes the integer z = q_h . q_v
+    exactly. With x~ and y~ the float32 rotations (error at most kappa |x|, kappa |y_v|:
+    B-term sums),
 
         |B (h . U_v) - s_h s_C z| <= a' |y_v| + b (e_v + kappa |y_v|)
 
@@ -192,15 +233,36 @@ class Int8Screen:
     (rho = d 2^-23 of |h| |U_v|, as in Screen), of z's conversion to float32 and of the
     thresholds themselves; thresholds are returned in units of z. Models whose unembedding
     has a bias use Screen instead.
+
+    Kernels: `torch._int_mm` (int8-intmm) multiplies s8 x s8 into int32, rows at 8 bits
+    (levels 127). PyTorch's quantized linear kernels (int8-onednn, int8-fbgemm) multiply u8
+    activations by s8 weights; on CPUs without VNNI both use vpmaddubsw, which adds two u8 x s8
+    products into a *saturating* int16 (2 x 255 x 127 > 32767: an 8-bit row of 255s against
+    127s comes out wrong by millions, seen on an AVX2 EPYC). Rows are therefore kept to 7 bits
+    there: q_h in [-63, 63], sent as u8 = q_h + 64 <= 127 with zero point 64 and scale 1, so
+    every pair sums to at most 2 x 127 x 127 = 32258 and the int32 result is exact. Their
+    output is float32: the exact integer minus 64 colsum(q_v), converted and scaled (by 1) in
+    float32, off by a few roundings of values below d x 127 x 191 (`conversion`, in units
+    of z, added to the band).
     """
 
     ROTATION_BLOCK = 32  # errors at 32 are within 10% of 128's on Gemma 3, at a quarter the cost
     dtype = torch.int8
-    output_dtype = torch.int32
+    ZERO_POINT = 64  # u8 = q_h + 64 for the quantized-linear kernels (7-bit rows)
 
-    def __init__(self, hidden: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, hidden: int, device: torch.device | str = "cpu", kernel: str = "int8-intmm"
+    ) -> None:
         if torch.device(device).type != "cpu":
             raise ValueError("the int8 screen runs on CPU only (use bfloat16 on GPUs)")
+        if kernel not in INT8_KERNELS:
+            raise ValueError(f"unknown int8 kernel {kernel!r} ({', '.join(INT8_KERNELS)})")
+        self.name = kernel
+        self.levels = 127 if kernel == "int8-intmm" else 63
+        self.output_dtype = torch.int32 if kernel == "int8-intmm" else torch.float32
+        # quantized linear: a few float32 roundings of |acc| <= d 127 127 and of the zero
+        # point's 64 colsum <= d 64 127, in units of z (0 for _int_mm: z is the exact int32)
+        self.conversion = 0.0 if kernel == "int8-intmm" else 8 * 2.0**-24 * hidden * 127 * 191
         block = 1
         while block < self.ROTATION_BLOCK and hidden % (2 * block) == 0:
             block *= 2
@@ -211,6 +273,7 @@ class Int8Screen:
         self.kappa = 1.01 * block**1.5 * 2.0**-24
         self.rho = hidden * 2.0**-23  # float32 accumulation of the reference logits
         self.scratch = _Scratch()
+        self._ones: dict[int, tuple[Tensor, Tensor]] = {}
 
     def rotate(self, x: Tensor) -> Tensor:
         """(n, d) float32 -> (n, d): each block of B dims multiplied by H."""
@@ -218,8 +281,11 @@ class Int8Screen:
             return x
         return (x.reshape(-1, self.block) @ self.hadamard).reshape(x.shape)
 
-    def prepare_chunk(self, rows: Tensor, norm: Tensor, start: int, stop: int) -> ScreenChunk:
-        """Rotate and quantize a chunk of U (Vc, d) with one step for the chunk.
+    def prepare_chunk(
+        self, rows: Tensor, norm: Tensor, start: int, stop: int, own: bool = False
+    ) -> ScreenChunk:
+        """Rotate and quantize a chunk of U (Vc, d) with one step for the chunk, then pack it
+        for the kernel (`own` does not matter: the rows are always copied).
 
         norm_max bounds |y_v| = sqrt(B) |U_v| (the norms, float32, get SAFETY's slack);
         err_max bounds e_v + kappa |y_v| (the float32 computation of e_v, whose products
@@ -229,27 +295,56 @@ class Int8Screen:
         lo, hi = torch.aminmax(y)  # chunks are never empty
         top = max(-float(lo), float(hi))
         step = torch.tensor(top / 127 if top > 0 else 1.0)
-        q, err = quantize_fn()(y, step)
+        q, err = quantize(y, step, 127)
         y_max = float(norm.max()) * SAFETY * self.block**0.5 * (1 + 2.0**-20)
         e_bound = SAFETY * float(err.max()) + (self.kappa + 2.0**-22) * y_max
-        return ScreenChunk(start, stop, q, y_max, e_bound, y_max + e_bound, float(step))
+        weight = pack_int8(q, self.name)
+        return ScreenChunk(start, stop, weight, y_max, e_bound, y_max + e_bound, float(step))
 
     def rows(self, h: Tensor) -> ScreenRows:
         """Rotate and quantize float32 rows (n, d), each with its own step."""
         x = self.rotate(h)
         top = x.abs().amax(dim=1)  # (n,)
-        step = torch.where(top > 0, top / 127, torch.ones_like(top))
-        q, err = quantize_fn()(x, step)
+        step = torch.where(top > 0, top / self.levels, torch.ones_like(top))
+        q, err = quantize(x, step, self.levels)
         x_norm = h.norm(dim=1) * (self.block**0.5 * SAFETY)  # >= |x| (exact rotation)
         a = SAFETY * err + (self.kappa + 2.0**-22) * x_norm
         b = SAFETY * (q.float() * step[:, None]).norm(dim=1) + 2.0**-22 * x_norm
-        return ScreenRows(q, a, b, step, x_norm)
+        return ScreenRows(_as_kernel_rows(q, self.name), a, b, step, x_norm)
 
     def matmul(self, rows: ScreenRows, chunk: ScreenChunk) -> Tensor:
-        """(n, Vc) int32 dot products of the quantized rows, valid until the next call."""
+        """(n, Vc) dot products of the quantized rows (int32, or float32 holding integers
+        for the quantized-linear kernels), valid until the next call."""
         w = chunk.weight
-        out = self.scratch.take(rows.q.shape[0], w.shape[0], torch.int32, w.device)
-        return torch._int_mm(rows.q, w.T, out=out)
+        n, cols = rows.q.shape[0], chunk.stop - chunk.start
+        if self.name == "int8-intmm":
+            out = self.scratch.take(n, cols, torch.int32, w.device)
+            return torch._int_mm(rows.q, w.T, out=out)
+        if self.name == "int8-fbgemm":
+            return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+                rows.q, 1.0, self.ZERO_POINT, w
+            )
+        if cols not in self._ones:
+            self._ones[cols] = (torch.ones(cols), torch.zeros(cols, dtype=torch.long))
+        scale, zero = self._ones[cols]
+        qlinear = torch.ops.onednn.qlinear_pointwise
+        # x scale 1, zero point 64; per-column weight scales 1, zero points 0; no bias;
+        # float32 output with scale 1; no post-op
+        return qlinear(
+            rows.q,
+            1.0,
+            self.ZERO_POINT,
+            w,
+            scale,
+            zero,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )
 
     def thresholds(
         self, tau: Tensor, rows: ScreenRows, chunk: ScreenChunk, biased: bool = False
@@ -267,4 +362,69 @@ class Int8Screen:
         target = tau * self.block  # exact: B is a power of two
         err = SAFETY * (err + 2.0**-20 * target.abs())  # and the thresholds' own rounding
         unit = rows.scale[:, None] * s_c  # (n, 1) one unit of z in logits x B
-        return torch.cat([(target + err) / unit, (target - err) / unit], dim=1)
+        hi, lo = (target + err) / unit, (target - err) / unit
+        if self.conversion:  # the kernel's float32 output, off by at most this many units
+            hi, lo = hi + self.conversion * SAFETY, lo - self.conversion * SAFETY
+        return torch.cat([hi, lo], dim=1)
+
+
+@contextlib.contextmanager
+def _quantized_engine(name: str) -> Iterator[None]:
+    """torch.backends.quantized.engine set to `name` for the block (packing reads it)."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def pack_int8(q: Tensor, kernel: str) -> Any:
+    """int8 (Vc, d) rows of U in the layout `kernel`'s matmul takes (scale 1, zero point 0)."""
+    if kernel == "int8-intmm":
+        return q
+    if kernel == "int8-onednn":
+        return torch.ops.onednn.qlinear_prepack(q, None)
+    with warnings.catch_warnings(), _quantized_engine("fbgemm"):
+        warnings.simplefilter("ignore")  # quantized tensors are deprecated, the kernels are not
+        qt = torch._make_per_tensor_quantized_tensor(q, 1.0, 0)
+        return torch.ops.quantized.linear_prepack(qt, None)
+
+
+@functools.cache
+def int8_kernel_works(kernel: str) -> bool:
+    """True when this torch build runs `kernel` and its products are exact on a check made
+    to saturate: 7-bit rows at their extremes against +-127 weights (pairs summing to
+    2 x 127 x 127), and random values. False where the kernel is missing (ARM, macOS, a build
+    without FBGEMM or oneDNN) or wrong."""
+    if kernel not in INT8_KERNELS:
+        return False
+    engine = {"int8-fbgemm": "fbgemm", "int8-onednn": "onednn"}.get(kernel)
+    if engine is not None and engine not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        d = 64
+        screen = Int8Screen(d, "cpu", kernel)
+        g = torch.Generator().manual_seed(0)
+        w = torch.randint(-127, 128, (48, d), generator=g, dtype=torch.int8)
+        w[:8] = 127
+        w[8:16] = -127
+        q = torch.randint(-screen.levels, screen.levels + 1, (6, d), generator=g)
+        q[0], q[1] = screen.levels, -screen.levels
+        rows = ScreenRows(_as_kernel_rows(q, kernel), q[:, 0].float(), q[:, 0].float())
+        chunk = ScreenChunk(0, len(w), pack_int8(w, kernel), 1.0, 1.0, 1.0)
+        got = screen.matmul(rows, chunk)
+        return bool(torch.equal(got.long(), q.long() @ w.long().T))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _as_kernel_rows(q: Tensor, kernel: str) -> Tensor:
+    """Integer rows (n, d) in the form `kernel`'s matmul takes: int8 for _int_mm; for oneDNN
+    u8 = q + 64 (in [1, 127]: 7-bit rows); for FBGEMM float32 integers, which the kernel
+    quantizes itself with scale 1 and zero point 64 (exactly: they are integers)."""
+    if kernel == "int8-onednn":
+        return (q.to(torch.int16) + Int8Screen.ZERO_POINT).to(torch.uint8)
+    if kernel == "int8-fbgemm":
+        return q.float()
+    return q.to(torch.int8)

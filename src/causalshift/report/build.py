@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import platform
@@ -14,65 +15,32 @@ from causalshift import __version__
 from causalshift.figures import (
     SweepSeries,
     plot_gate,
+    plot_heatmap,
     plot_similarity,
     plot_sweep,
     plot_topk,
     plot_val_loss,
 )
-from causalshift.gpt.residual import label_order, learned_modes
+from causalshift.gpt.residual import label_order
 from causalshift.io import write_text
 from causalshift.lens.metrics import label as metric_label
 from causalshift.report.document import Document
 from causalshift.report.sources import Sources
 from causalshift.results import (
+    Comparison,
     EvalResult,
     ModelResult,
+    PairedDiff,
     ShiftLayers,
     SweepResult,
     SweepRunRecord,
     TrainingRun,
     common_topk_ks,
     mode_label,
+    t95,
 )
 
-# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (then ~normal).
-T95 = [
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-]
 PRIMARY_METRICS = ("acc_norm", "acc", "word_perplexity", "perplexity")
-
-
-def t95(df: int) -> float:
-    return T95[df - 1] if 1 <= df <= len(T95) else 1.96
 
 
 def mean_ci(values: list[float]) -> tuple[float, float | None]:
@@ -274,15 +242,27 @@ def section_training(doc: Document, src: Sources, out: Path) -> None:
 
 
 def _with_stats(sweep: SweepResult) -> SweepResult:
-    """A sweep.json's per-layer and baseline stats (computed from its runs when absent)."""
-    return sweep if sweep.by_layer or sweep.baseline else sweep.with_stats()
+    """A sweep.json with its statistics computed from its runs (stored ones when it lists no
+    runs). Runs of files from before alpha lists carry no alpha: they take the sweep's."""
+    if not sweep.runs:
+        return sweep
+    if isinstance(sweep.alpha, (int, float)):
+        runs = [
+            dataclasses.replace(r, alpha=sweep.alpha)
+            if r.mode == "fixed" and r.alpha is None
+            else r
+            for r in sweep.runs
+        ]
+        sweep = dataclasses.replace(sweep, runs=runs)
+    return sweep.with_stats()
 
 
 def _sweep_from_runs(runs: list[TrainingRun]) -> list[SweepSeries]:
-    """Figure-4 data from run dirs (no sweep.json given): per preset, fixed cuts + baseline."""
+    """Sweep data from run dirs (no sweep.json given): per preset, every finished run as a
+    sweep run (baseline, fixed cuts, learned modes), when there is a fixed cut."""
     by_preset: dict[str, list[TrainingRun]] = defaultdict(list)
     for r in runs:
-        if r.final_val_loss is not None:
+        if r.final_val_loss is not None and isinstance(r.info.get("mode"), str):
             by_preset[str(r.info.get("preset", "?"))].append(r)
     out = []
     for preset, rs in by_preset.items():
@@ -290,20 +270,38 @@ def _sweep_from_runs(runs: list[TrainingRun]) -> list[SweepSeries]:
             continue
         records = [
             SweepRunRecord(
-                mode=r.info.get("mode"),
+                name=r.name,
+                mode=r.info["mode"],
                 cut_layer=r.info.get("cut_layer"),
+                alpha=r.info.get("alpha"),
+                seed=r.info.get("seed"),
                 final_val_loss=r.final_val_loss,
             )
             for r in rs
         ]
-        gates = defaultdict(list)
-        for r in rs:
-            if r.info.get("mode") in learned_modes():
-                gates[r.label].append(r.final_val_loss)
-        means = tuple((k, sum(v) / len(v)) for k, v in gates.items())
-        sweep = SweepResult(runs=records).with_stats()
-        out.append(SweepSeries(sweep, f"{preset} (runs)", means))
+        out.append(
+            SweepSeries(SweepResult(preset=preset, runs=records).with_stats(), f"{preset} (runs)")
+        )
     return out
+
+
+def fmt_diff(d: PairedDiff | None) -> str:
+    """'+0.1234 [+0.0500, +0.2000]' (a paired difference and its 95% interval; ' *' when
+    the interval excludes 0), '+0.1234 (1 seed)', or 'n/a' (no seed in common)."""
+    if d is None:
+        return "n/a"
+    if d.ci95 is None:
+        return f"{d.mean:+.4f} ({d.n} seed)"
+    lo, hi = d.ci95
+    return f"{d.mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (" *" if d.excludes_zero else "")
+
+
+def _alpha(c: Comparison) -> str:
+    return "?" if c.alpha is None else f"{c.alpha:g}"
+
+
+def _seeds(c: Comparison) -> str:
+    return ",".join(map(str, c.seeds)) if c.seeds else str(c.n)
 
 
 def section_sweep(doc: Document, src: Sources, out: Path) -> None:
@@ -318,27 +316,103 @@ def section_sweep(doc: Document, src: Sources, out: Path) -> None:
     doc.heading("Validation loss against the cut layer")
     doc.image(
         "val_loss_vs_cut_layer.png",
-        "Figure 4 analogue: final validation loss of a full "
-        "residual cut at layer K (mean over seeds, min/max bars); dotted: the baseline; "
-        "dash-dot: learned gates, where run directories were given.",
+        "Figure 4 analogue: final validation loss of a residual cut at layer K with "
+        "coefficient alpha (one line per alpha; mean over seeds, min/max bars); dotted: the "
+        "baseline; dash-dot: learned modes.",
     )
     rows = []
     for s in series:
-        base = s.sweep.baseline
-        for r in s.sweep.by_layer:
-            delta = r.mean - base.mean if base else None
+        for c in s.sweep.cuts:
             rows.append(
                 [
                     s.label,
-                    str(r.cut_layer),
-                    str(r.n or 1),
-                    fmt(r.mean),
-                    fmt(delta) if delta is not None else "n/a",
+                    str(c.cut_layer),
+                    _alpha(c),
+                    _seeds(c),
+                    fmt(c.mean),
+                    fmt_diff(c.vs_baseline),
                 ]
             )
+        base = s.sweep.baseline
         if base:
-            rows.append([s.label, "baseline", str(base.n or 1), fmt(base.mean), "0"])
-    doc.table(["sweep", "cut layer K", "seeds", "final val loss (mean)", "minus baseline"], rows)
+            rows.append([s.label, "baseline", "-", str(base.n or 1), fmt(base.mean), "0"])
+    doc.table(
+        [
+            "sweep",
+            "cut layer K",
+            "alpha",
+            "seeds",
+            "final val loss (mean)",
+            "minus baseline (95% CI)",
+        ],
+        rows,
+    )
+    _sweep_heatmaps(doc, series, out)
+    _sweep_best_table(doc, series)
+    doc.para(PAIRED_NOTE)
+
+
+PAIRED_NOTE = (
+    "Paired differences: for each seed s run by both, d_s = final val loss - the "
+    "reference's final val loss with the same seed (the same initialisation and data "
+    "order); the cell gives mean(d) and its 95% Student-t interval over seeds, "
+    "mean(d) -/+ t(0.975, n - 1) sd(d) / sqrt(n); `*` marks an interval that excludes 0. "
+    "With one seed there is no interval (`(1 seed)`). The best cut is the (K, alpha) with "
+    "the lowest mean loss: chosen on the same runs, its advantage is optimistic (its "
+    "interval does not account for the choice among the cells)."
+)
+
+
+def _sweep_heatmaps(doc: Document, series: list[SweepSeries], out: Path) -> None:
+    """One layer x alpha heatmap per sweep that has cuts paired with a baseline."""
+    drawn = 0
+    for s in series:
+        name = "val_loss_heatmap.png" if drawn == 0 else f"val_loss_heatmap_{drawn + 1}.png"
+        if plot_heatmap(s.sweep, out / name, title=f"{s.label}: difference to the baseline"):
+            drawn += 1
+            doc.image(
+                name,
+                f"{s.label}: final validation loss of each cut (K, alpha) minus the baseline's, "
+                "paired by seed (red: worse than the baseline, blue: better); a framed cell "
+                "with `*`: its 95% interval excludes 0.",
+            )
+
+
+def _sweep_best_table(doc: Document, series: list[SweepSeries]) -> None:
+    """The best cut of each sweep against its learned modes (gate, ...), paired by seed."""
+    rows = []
+    for s in series:
+        best = s.sweep.best_cut()
+        if best is None or not s.sweep.learned:
+            continue
+        name = f"best cut K={best.cut_layer}, alpha={_alpha(best)}"
+        rows.append([s.label, name, _seeds(best), fmt(best.mean), fmt_diff(best.vs_baseline), "0"])
+        for c in s.sweep.learned:
+            label = mode_label({"mode": c.mode, "alpha": c.alpha})
+            rows.append(
+                [
+                    s.label,
+                    label,
+                    _seeds(c),
+                    fmt(c.mean),
+                    fmt_diff(c.vs_baseline),
+                    fmt_diff(c.vs_best),
+                ]
+            )
+    if not rows:
+        return
+    doc.heading("The best fixed cut against the learned modes", 3)
+    doc.table(
+        [
+            "sweep",
+            "variant",
+            "seeds",
+            "final val loss (mean)",
+            "minus baseline (95% CI)",
+            "minus best cut (95% CI)",
+        ],  # fmt: skip
+        rows,
+    )
 
 
 def section_gates(doc: Document, src: Sources, out: Path) -> None:

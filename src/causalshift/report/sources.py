@@ -27,7 +27,7 @@ from causalshift.results import (
     TrainingRun,
 )
 
-SKIP_DIRS = {".git", "__pycache__", "figures", "tensorboard", ".venv", "node_modules"}
+SKIP_DIRS = {".git", "__pycache__", "figures", "tensorboard", "wandb", ".venv", "node_modules"}
 
 
 @dataclass

@@ -3,6 +3,7 @@
 causalshift train                                     # cpu-small on the embedded corpus
 causalshift train --preset tiny --residual gate --max-steps 50
 causalshift train --out runs/x --resume               # continue after a kill
+causalshift train --tracker tensorboard --tracker wandb  # also log to TensorBoard and W&B
 torchrun --standalone --nproc_per_node=8 -m causalshift train --preset gpt2-124m --data DIR
 """
 
@@ -176,8 +177,10 @@ def run(args: argparse.Namespace) -> int:
     from causalshift import runtime
     from causalshift.train.loop import Trainer
     from causalshift.train.prepare import resolve_data
+    from causalshift.train.trackers import require as require_trackers
 
     cfg = resolve_config(args)
+    require_trackers(cfg.trackers)  # a missing package is one line, before any work
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

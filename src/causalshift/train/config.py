@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from causalshift.config import check_fields, option
+from causalshift.config import check_fields, option, str_list
 from causalshift.errors import UserError
 from causalshift.gpt.config import GPTConfig, ResidualConfig
 from causalshift.gpt.residual import mode_choices
 from causalshift.io import read_json_object
+from causalshift.train.trackers import EXTRA, TRACKER_NAMES, TrackerOptions, tracker_names
 
 PRESET_NAMES = ("tiny", "cpu-small", "gpt2-124m")  # the keys of PRESETS
 DTYPES = ("auto", "float32", "bfloat16")
@@ -154,18 +155,54 @@ class TrainConfig:
     )
     threads: int = option(0, "torch CPU threads per process (0: torch's default).", ge=0)
     device: str = option("auto", "auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK).")
-    tensorboard: bool = option(False, "Also log to RUN_DIR/tensorboard (needs `tensorboard`).")
+    # --- tracking (train/trackers.py) ---
+    tensorboard: bool = option(
+        False, "Also log to RUN_DIR/tensorboard: the same as --tracker tensorboard."
+    )
+    tracker: tuple[str, ...] = option(
+        (),
+        f"Experiment tracker: {' | '.join(TRACKER_NAMES)}; repeat the option (or give a comma "
+        "list) for several. tensorboard: RUN_DIR/tensorboard; wandb: a W&B run, offline "
+        f"unless WANDB_MODE is set. Needs {EXTRA}.",
+        action="append",
+    )
+    wandb_project: str = option("causalshift", "W&B project.")
+    wandb_name: str | None = option(None, "W&B run name (default: the run folder's name).")
+    wandb_group: str | None = option(None, "W&B group (a sweep's runs: the sweep folder's name).")
+    wandb_tags: tuple[str, ...] = option((), "W&B tags, comma-separated.", parse=str_list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, GPTConfig):
             raise UserError(f"model must be a GPTConfig, got {type(self.model).__name__}")
         check_fields(self)  # every number: its type, finite, within the field's bounds
+        # A --config file or config.json gives lists, the command line repeated options.
+        trackers = tracker_names(self.tracker)  # checked; "none" gives ()
+        if self.tensorboard and self.tracker and not trackers:
+            raise UserError("--tracker none cannot be combined with --tensorboard")
+        object.__setattr__(self, "tracker", trackers)
+        object.__setattr__(self, "wandb_tags", _tags(self.wandb_tags))
         if self.dtype not in DTYPES:
             raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.preset not in PRESET_NAMES:
             raise UserError(
                 f"unknown preset {self.preset!r}; choose one of {', '.join(PRESET_NAMES)}"
             )
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers the run logs to: --tracker's, and tensorboard with --tensorboard."""
+        if self.tensorboard and "tensorboard" not in self.tracker:
+            return (*self.tracker, "tensorboard")
+        return self.tracker
+
+    def tracking(self) -> TrackerOptions:
+        """The W&B options of the run's trackers (RunLog adds the run folder and step)."""
+        return TrackerOptions(
+            project=self.wandb_project,
+            name=self.wandb_name,
+            group=self.wandb_group,
+            tags=self.wandb_tags,
+        )
 
     @property
     def peak_gate_lr(self) -> float:
@@ -215,6 +252,14 @@ class TrainConfig:
             return dataclasses.replace(base, model=model, **rest)
         except TypeError as e:
             raise UserError(f"bad training config: {e}") from None
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    """W&B tags from a comma list or a list of strings."""
+    items = str_list(value) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(t, str) for t in items):
+        raise UserError(f"wandb_tags must be a list of strings, got {value!r}")
+    return tuple(items)
 
 
 def flat_keys() -> tuple[str, ...]:

@@ -11,7 +11,7 @@ One optimizer step (step s -> s + 1):
 
 `Trainer.run` is a loop over named steps. After step s: validation (every eval_interval),
 a metrics record (every log_interval; `RunLog` in train/runlog.py owns metrics.jsonl,
-TensorBoard, the figures and summary.json), a checkpoint (every checkpoint_interval), all
+the trackers, the figures and summary.json), a checkpoint (every checkpoint_interval), all
 written on rank 0; the last step does all three. SIGINT/SIGTERM set a flag that is read
 when the step in progress all-reduces its loss (so all ranks agree): they finish that step,
 save a checkpoint and exit with 128 + signal number. A signal that lands after that
@@ -367,7 +367,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, main = self.cfg, self.info.is_main
-        log = RunLog(self.run_dir, main=main, tensorboard=cfg.tensorboard)
+        log = RunLog(self.run_dir, main=main, trackers=cfg.trackers, tracking=cfg.tracking())
         log.open(self.step)
         runtime.barrier()
         bar = tqdm(
@@ -384,11 +384,12 @@ class Trainer:
                 self._start(log, bar)
                 while code is None and self.step < cfg.max_steps:
                     code = self._iteration(signals, log, bar, meter)
+            if code is None:  # before close: the trackers receive the figures
+                bar.close()
+                log.finish(self.step, self.step * self.step_tokens, meter.rate())
         finally:
             bar.close()
             log.close()
-        if code is None:
-            log.finish(self.step, self.step * self.step_tokens, meter.rate())
         return code or 0
 
     def _start(self, log: RunLog, bar: Any) -> None:

@@ -1,52 +1,33 @@
-"""A training run's records: metrics.jsonl, TensorBoard, summary.json and the figures.
+"""A training run's records: metrics.jsonl, the trackers, summary.json and the figures.
 
 `RunLog` is their one owner. On rank 0 it trims metrics.jsonl back to the step a resumed
-run continues from, appends one record per logged step (also to TensorBoard), redraws the
-run's figures and writes summary.json at the end; on the other ranks every write is a no-op.
+run continues from, opens the run's trackers (`train/trackers.py`: TensorBoard, W&B) and
+gives them the run's config.json, appends one record per logged step (also to each
+tracker), redraws the run's figures, and at the end writes summary.json and hands the
+figures to the trackers; on the other ranks every write is a no-op.
 """
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from causalshift.io import write_text
-from causalshift.results import METRICS_NAME, SUMMARY_NAME, MetricRecord, RunSummary, read_metrics
+from causalshift.results import (
+    METRICS_NAME,
+    RUN_CONFIG_NAME,
+    SUMMARY_NAME,
+    MetricRecord,
+    RunSummary,
+    read_metrics,
+)
+from causalshift.train.trackers import Tracker, TrackerOptions, metric_values, open_trackers
 
 __all__ = ["METRICS_NAME", "SUMMARY_NAME", "RunLog", "last_losses", "trim_metrics"]
-
-TENSORBOARD_KEYS = ("train_loss", "val_loss", "lr", "tokens_per_second", "grad_norm")
-
-
-class _TensorBoard:
-    """RUN_DIR/tensorboard, when asked for and installed."""
-
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.writer = None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("tensorboard is not installed: --tensorboard ignored", file=sys.stderr)
-            return
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def log(self, rec: MetricRecord) -> None:
-        if self.writer is None:
-            return
-        for key in TENSORBOARD_KEYS:
-            if getattr(rec, key) is not None:
-                self.writer.add_scalar(key, getattr(rec, key), rec.step)
-        for i, p in enumerate(rec.gate_p or []):
-            self.writer.add_scalar(f"gate_p/layer{i + 1}", p, rec.step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -70,31 +51,61 @@ def _round(value: float | None, digits: int) -> float | None:
 
 
 class RunLog:
-    """metrics.jsonl, TensorBoard, summary.json and figures/ of the run in `run_dir`."""
+    """metrics.jsonl, the trackers, summary.json and figures/ of the run in `run_dir`.
 
-    def __init__(self, run_dir: Path, *, main: bool, tensorboard: bool = False) -> None:
-        self.run_dir, self.main, self.tensorboard = Path(run_dir), main, tensorboard
+    `trackers`: names from `train/trackers.py` (`tensorboard=True` adds "tensorboard", the
+    older spelling); `tracking`: the W&B project, name, group and tags."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        main: bool,
+        trackers: Sequence[str] = (),
+        tracking: TrackerOptions | None = None,
+        tensorboard: bool = False,
+    ) -> None:
+        self.run_dir, self.main = Path(run_dir), main
+        names = list(trackers)
+        if tensorboard and "tensorboard" not in names:
+            names.append("tensorboard")
+        self.tracker_names = tuple(names)
+        self.tracking = tracking or TrackerOptions(run_dir=self.run_dir)
         self.path = self.run_dir / METRICS_NAME
         self.pending: list[float] = []  # train losses since the last record
         self.last_val: float | None = None
         self.last_train: float | None = None
         self.t_start = time.perf_counter()
         self._file: Any = None
-        self._tb: _TensorBoard | None = None
+        self._trackers: list[Tracker] = []
 
     def open(self, step: int) -> None:
-        """Continue the log at `step`: trim what came after, recall the last losses."""
+        """Continue the log at `step`: trim what came after, recall the last losses, open
+        the trackers and give them the run's config."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             trim_metrics(self.path, step)
-            self._tb = _TensorBoard(self.run_dir, self.tensorboard)
             self._file = open(self.path, "a", encoding="utf-8")
             self.last_val, self.last_train = last_losses(self.path)
+            options = dataclasses.replace(self.tracking, run_dir=self.run_dir, step=step)
+            self._trackers = open_trackers(self.tracker_names, options)
+            config = self._config()
+            for tracker in self._trackers:
+                tracker.log_config(config)
         self.t_start = time.perf_counter()
 
+    def _config(self) -> dict[str, Any]:
+        """The run's config.json (written before the run starts), {} when there is none."""
+        try:
+            data = json.loads((self.run_dir / RUN_CONFIG_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -138,22 +149,29 @@ class RunLog:
         if self._file is not None:
             self._file.write(rec.json_line())
             self._file.flush()
-        if self._tb is not None:
-            self._tb.log(rec)
+        if self._trackers:
+            values = metric_values(rec)
+            for tracker in self._trackers:
+                tracker.log_metrics(rec.step, values)
         return rec
 
-    def figures(self) -> None:
-        """(Re)draw figures/ from metrics.jsonl."""
-        if self.main:
-            from causalshift.figures import run_figures
+    def figures(self) -> list[Path]:
+        """(Re)draw figures/ from metrics.jsonl; the files drawn."""
+        if not self.main:
+            return []
+        from causalshift.figures import run_figures
 
-            run_figures(self.run_dir)
+        return run_figures(self.run_dir)
 
     def finish(self, step: int, tokens: int, tokens_per_second: float | None) -> None:
-        """A finished run: its figures, summary.json and the closing line on stdout."""
+        """A finished run: its figures (also to the trackers), summary.json and the closing
+        line on stdout."""
         if not self.main:
             return
-        self.figures()
+        drawn = self.figures()
+        images = {f"figures/{p.stem}": p for p in drawn}
+        for tracker in self._trackers:  # none left when the log is already closed
+            tracker.log_images(step, images)
         RunSummary(
             step=step,
             tokens=tokens,
