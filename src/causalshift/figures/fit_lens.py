@@ -39,7 +39,7 @@ def plot_fit_lens(result: FitLensResult, path: Path | None) -> Any:
     name = result.model.get("name", "")
     ax1.set_title(f"tuned vs logit lens: {name}" if name else "tuned vs logit lens")
     steps = [h["step"] for h in result.history if "loss" in h]
-    ax2.plot(steps, [h["loss"] for h in result.history if "loss" in h], "-", lw=1.2)
+    ax2.plot(steps, [h["loss"] for h in result.history if "loss" in h], "-o", ms=3, lw=1.2)
     ax2.set_xlabel("step")
     ax2.set_ylabel("training loss: KL summed over layers (nats)")
     ax2.set_title("training")

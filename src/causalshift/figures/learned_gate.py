@@ -26,7 +26,7 @@ def plot_learned_gate(doc: Mapping[str, Any], path: Path | None) -> Any:
     layers = list(range(1, n + 1))
     fig, (ax, heat) = new_figure(path, (11, 4), 1, 2, gridspec_kw={"width_ratios": [1, 1.2]})
     ax.bar(layers, p, color="tab:blue", alpha=0.8, label="p_l after the fit")
-    ax.axhline(1.0 / n, color="grey", ls="--", lw=1.0, label="p_l at the start (1/L)")
+    ax.axhline(1.0 / n, color="tab:red", ls="--", lw=0.8, label="p_l at the start (1/L)")
     mark_shift_layers(ax, doc.get("heldout", {}).get("unchanged", {}).get("shift_layer"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("block l")

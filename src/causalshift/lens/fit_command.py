@@ -60,9 +60,16 @@ class FitConfig:
     steps: int | None = option(None, "Training steps, instead of --tokens.", ge=1)
     seq_len: int = option(128, "Tokens per window, BOS included when the tokenizer adds one.", ge=3)
     batch_size: int = option(8, "Windows per step.", ge=1)
-    optimizer: str = option("adam", "adam or sgd (Nesterov momentum 0.9).", choices=["adam", "sgd"])
+    optimizer: str = option(
+        "sgd",
+        "sgd (Nesterov momentum 0.9, the step scaled by 1 - momentum) or adam (amsgrad), as "
+        "in the tuned-lens package.",
+        choices=["sgd", "adam"],
+    )
     lr: float | None = option(
-        None, "Peak learning rate (default 3e-3 for adam, 1.0 for sgd).", gt=0
+        None,
+        "Peak learning rate (default 1.0 for sgd, 1e-3 for adam: the tuned-lens package's).",
+        gt=0,
     )
     weight_decay: float = option(1e-3, "Weight decay (towards the identity map).", ge=0)
     eval_seqs: int = option(8, "Held-out windows for the KL per layer at the end.", ge=1)
@@ -99,7 +106,7 @@ class FitConfig:
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else (3e-3 if self.optimizer == "adam" else 1.0)
+        return self.lr if self.lr is not None else (1e-3 if self.optimizer == "adam" else 1.0)
 
     def warmup(self) -> int:
         """Warm-up steps: a fifth of the run for adam (as the tuned-lens package), none for sgd."""
